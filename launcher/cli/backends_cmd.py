@@ -1,0 +1,64 @@
+"""`llm-launch backends`: model servers that already run somewhere."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import click
+
+from launcher.cli.context import CliContext, echo_json, echo_table
+from launcher.registry import KINDS, DeploymentError, add_backend, get_deployment
+from launcher.registry import list_deployments, mark_gone
+
+
+@click.group()
+def backends() -> None:
+    """Register, list and remove model servers."""
+
+
+@backends.command()
+@click.argument("model")
+@click.argument("url")
+@click.option("--kind", type=click.Choice(KINDS), default="chat", show_default=True)
+@click.option("--secret", envvar="LLM_LAUNCH_BACKEND_SECRET", help="The server's API key (sent upstream by the router).")
+@click.pass_obj
+def add(ctx: CliContext, model: str, url: str, kind: str, secret: str | None) -> None:
+    """Register a running server of MODEL at URL (e.g. http://node12:8001)."""
+    with ctx.session() as session:
+        try:
+            record = add_backend(session, model, url, kind=kind, secret=secret)
+        except DeploymentError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"added backend {record.id}: {model} at {record.url}")
+
+
+@backends.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--all", "include_gone", is_flag=True, help="Include removed and ended ones.")
+@click.pass_obj
+def list_(ctx: CliContext, as_json: bool, include_gone: bool) -> None:
+    """List registered backends (secrets are never shown)."""
+    with ctx.session() as session:
+        records = list_deployments(session, include_gone=include_gone)
+    rows = [{**dataclasses.asdict(r), "secret": bool(r.secret)} for r in records]
+    if as_json:
+        echo_json(rows)
+        return
+    echo_table(
+        ["id", "model", "kind", "state", "url", "job", "node"],
+        [[r.id, r.model, r.kind, r.state, r.url, r.job_id, r.node] for r in records],
+    )
+
+
+@backends.command()
+@click.argument("deployment_id", metavar="ID", type=int)
+@click.pass_obj
+def remove(ctx: CliContext, deployment_id: int) -> None:
+    """Stop routing to backend ID (the server itself keeps running)."""
+    with ctx.session() as session:
+        try:
+            row = get_deployment(session, deployment_id)
+        except DeploymentError as exc:
+            raise click.ClickException(str(exc)) from None
+        mark_gone(session, row, "removed by admin")
+    click.echo(f"removed backend {deployment_id}")

@@ -1,0 +1,34 @@
+"""`llm-launch db`: explicit schema management."""
+
+from __future__ import annotations
+
+import click
+
+from launcher.cli.context import CliContext
+from launcher.db import RegistryError, open_engine
+from launcher.migrate import current_revision, head_revision, upgrade_if_needed
+
+
+@click.group()
+def db() -> None:
+    """Manage the registry database."""
+
+
+@db.command()
+@click.pass_obj
+def upgrade(ctx: CliContext) -> None:
+    """Create the registry or migrate it to the newest schema."""
+    try:
+        engine = open_engine(ctx.db_url, migrate=False)
+        applied = upgrade_if_needed(engine)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from None
+    state = "migrated to" if applied else "already at"
+    click.echo(f"registry {engine.url.render_as_string()} {state} revision {head_revision(engine)}")
+
+
+@db.command()
+@click.pass_obj
+def current(ctx: CliContext) -> None:
+    """Print the registry's schema revision."""
+    click.echo(current_revision(ctx.engine) or "empty")

@@ -1,0 +1,173 @@
+"""Settings for router and launcher: one TOML file, loaded once at the edge and passed in."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+
+class SettingsError(Exception):
+    """A settings file that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # URL that compute nodes use to reach the registration endpoint.
+    public_url: str = ""
+    admin_token: str = ""
+    connect_timeout_s: float = 10.0
+    stall_timeout_s: float = 300.0
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_json_body_bytes: int = 8 * 1024 * 1024
+    health_interval_s: float = 10.0
+    health_timeout_s: float = 5.0
+    retry_after_s: int = 10
+    grace_period_s: float = 30.0
+    registry_refresh_s: float = 1.0
+    ledger_flush_s: float = 1.0
+    request_log: bool = True
+    per_request_usage: bool = False
+    usage_retention_days: int = 30
+    supervise: bool = False
+
+
+@dataclass(frozen=True)
+class EngineEnv:
+    """How a job prepares its environment for one engine (module loads, venv, container)."""
+
+    setup: tuple[str, ...] = ()
+    prefix: str = ""
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    default_time: str = "04:00:00"
+    cpus_per_gpu: int = 1
+    mem_per_gpu: str = "2G"
+    router_url: str = "http://127.0.0.1:8000"
+    log_dir: str = "~/.local/share/llm-launch/logs"
+    port_range: tuple[int, int] = (20000, 29999)
+    catalog: str = ""
+    start_deadline_s: int = 900
+    reconcile_interval_s: float = 5.0
+    signal_lead_s: int = 120
+    extra_sbatch_args: tuple[str, ...] = ()
+    engines: Mapping[str, EngineEnv] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class KeyLimits:
+    """Limits of one API key; None means unlimited."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    max_parallel: int | None = None
+    daily_tokens: int | None = None
+    monthly_tokens: int | None = None
+    daily_audio_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: str = ""
+    router: RouterSettings = field(default_factory=RouterSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    key_defaults: KeyLimits = field(default_factory=KeyLimits)
+    tiers: Mapping[str, KeyLimits] = field(default_factory=dict)
+    source: str = ""
+
+
+T = TypeVar("T")
+
+
+def default_config_path() -> Path:
+    """Where the settings file is looked for when neither --config nor LLM_LAUNCH_CONFIG is given."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "llm-launch" / "settings.toml"
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Load settings from PATH, else LLM_LAUNCH_CONFIG, else the default file if it exists."""
+    chosen = path or os.environ.get("LLM_LAUNCH_CONFIG")
+    if not chosen:
+        default = default_config_path()
+        if not default.exists():
+            return Settings()
+        chosen = default
+    file = Path(chosen).expanduser()
+    try:
+        data = tomllib.loads(file.read_text())
+    except FileNotFoundError:
+        raise SettingsError(f"{file}: settings file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{file}: not valid TOML: {exc}") from None
+    return settings_from_dict(data, source=str(file))
+
+
+def settings_from_dict(data: Mapping[str, Any], source: str = "<settings>") -> Settings:
+    """Build Settings from parsed TOML, rejecting unknown keys and wrong types by name."""
+    top = dict(data)
+    cluster_data = dict(top.pop("cluster", {}))
+    engines = {
+        name: _build(EngineEnv, value, f"{source}: [cluster.engines.{name}]")
+        for name, value in dict(cluster_data.pop("engines", {})).items()
+    }
+    tiers = {
+        name: _build(KeyLimits, value, f"{source}: [tiers.{name}]")
+        for name, value in dict(top.pop("tiers", {})).items()
+    }
+    settings = Settings(
+        database=str(top.pop("database", "")),
+        router=_build(RouterSettings, top.pop("router", {}), f"{source}: [router]"),
+        cluster=dataclasses.replace(
+            _build(ClusterSettings, cluster_data, f"{source}: [cluster]"), engines=engines
+        ),
+        key_defaults=_build(KeyLimits, top.pop("key_defaults", {}), f"{source}: [key_defaults]"),
+        tiers=tiers,
+        source=source,
+    )
+    if top:
+        raise SettingsError(f"{source}: unknown setting(s): {', '.join(sorted(top))}")
+    return settings
+
+
+def _build(cls: type[T], values: Any, where: str) -> T:
+    if not isinstance(values, Mapping):
+        raise SettingsError(f"{where}: expected a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise SettingsError(f"{where}: unknown setting '{key}'")
+        kwargs[key] = _coerce(value, fields[key], f"{where} {key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, spec: dataclasses.Field[Any], where: str) -> Any:
+    default = spec.default if spec.default is not dataclasses.MISSING else None
+    if isinstance(default, tuple) or spec.type in ("tuple[str, ...]", "tuple[int, int]"):
+        if not isinstance(value, list):
+            raise SettingsError(f"{where}: expected a list")
+        return tuple(value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise SettingsError(f"{where}: expected true or false")
+        return value
+    if isinstance(default, (int, float)) or "int" in str(spec.type):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SettingsError(f"{where}: expected a number, got {value!r}")
+        if value < 0:
+            raise SettingsError(f"{where}: must not be negative, got {value}")
+        return value
+    if isinstance(default, str) and not isinstance(value, str):
+        raise SettingsError(f"{where}: expected a string, got {value!r}")
+    return value
