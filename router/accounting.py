@@ -1,0 +1,99 @@
+"""The seam between the proxy and quotas/usage: what the proxy tells, what it is told back.
+
+The proxy calls `admit` before it picks a backend (a refusal costs nothing and reaches no
+backend), and `finish` exactly once per admitted request with the backend's exact usage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from launcher.keys import KeyRecord
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """What admission needs to know about a request, known before any backend is called."""
+
+    request_id: str
+    key: KeyRecord
+    model: str  # the public name the client asked for
+    endpoint: str  # "chat", "completions", "embeddings", "transcriptions", "translations"
+    prompt_estimate: int  # tokens, estimated from the body size
+    max_tokens: int  # requested output tokens (capped by the model's limit), 0 when n/a
+    stream: bool = False
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Exact counts from the backend; `estimated` when a stream ended before its usage chunk."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    audio_seconds: float = 0.0
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Admission:
+    """An admitted request: what it reserved, and the rate-limit headers for its response."""
+
+    info: RequestInfo
+    reserved_tokens: int = 0
+    started_at: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class QuotaExceeded(Exception):
+    """A limit refuses the request: 429 with Retry-After and the rate-limit headers."""
+
+    def __init__(self, message: str, retry_after_s: int, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.headers = headers
+
+
+class Accounting(Protocol):
+    """Quotas and the usage ledger, as the proxy sees them."""
+
+    def admit(self, info: RequestInfo, now: float) -> Admission:
+        """Reserve capacity for INFO or raise QuotaExceeded."""
+        ...
+
+    def finish(
+        self, admission: Admission, status: int, usage: Usage, backend: str | None, now: float
+    ) -> None:
+        """Settle the reservation with the real usage and append to the ledger (non-blocking)."""
+        ...
+
+    async def start(self) -> None:
+        """Load persisted budgets and start background writers."""
+        ...
+
+    async def close(self) -> None:
+        """Flush everything pending; called on graceful shutdown."""
+        ...
+
+
+class NoAccounting:
+    """Accounting switched off: admit everything, record nothing (for benchmarks and dev)."""
+
+    def admit(self, info: RequestInfo, now: float) -> Admission:
+        return Admission(info=info, started_at=now)
+
+    def finish(
+        self, admission: Admission, status: int, usage: Usage, backend: str | None, now: float
+    ) -> None:
+        return None
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
