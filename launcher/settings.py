@@ -35,6 +35,8 @@ class RouterSettings:
     per_request_usage: bool = False
     usage_retention_days: int = 30
     supervise: bool = False
+    # Quotas and the usage ledger; off only for benchmarks and development.
+    accounting: bool = True
 
 
 @dataclass(frozen=True)
