@@ -1,0 +1,218 @@
+"""`POST /internal/register` and `/internal/deregister`: model servers announce themselves.
+
+A job submitted by `llm-launch up` proves itself with its per-job token (only the hash is
+stored); a server a user started by hand uses an admin-issued token from `llm-launch tokens
+create`, and gets a new deployment row. Nothing is written unless the token matches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from launcher.db import session_factory, utcnow
+from launcher.models import Deployment, RegistrationToken
+from launcher.registry import KINDS
+
+ENGINE_KEY = web.AppKey("registration_engine", Engine)
+# States in which a job's own token may (re)register it; a gone or draining job's token is spent.
+_REGISTRABLE = ("pending", "starting", "ready")
+
+
+class Refused(Exception):
+    """A registration that is refused: HTTP status and a message for the caller."""
+
+    def __init__(self, status: int, message: str, code: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a server sends: who it is, where it listens, and its proof."""
+
+    token: str
+    url: str = ""
+    deployment_id: int | None = None
+    job_id: str | None = None
+    node: str | None = None
+    model: str | None = None
+    kind: str = "chat"
+    secret: str | None = None
+    reason: str | None = None
+
+
+def add_routes(app: web.Application, engine: Engine | None = None) -> None:
+    """Mount the registration endpoints; ENGINE defaults to the registry engine the app holds."""
+    if engine is not None:
+        app[ENGINE_KEY] = engine
+    app.router.add_post("/internal/register", _register)
+    app.router.add_post("/internal/deregister", _deregister)
+
+
+def token_hash(token: str) -> str:
+    """The stored form of a registration token."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _matches(token: str, stored: str | None) -> bool:
+    return stored is not None and hmac.compare_digest(token_hash(token), stored)
+
+
+async def _register(request: web.Request) -> web.Response:
+    return await _handle(request, register)
+
+
+async def _deregister(request: web.Request) -> web.Response:
+    return await _handle(request, deregister)
+
+
+async def _handle(request: web.Request, action: Any) -> web.Response:
+    try:
+        claim = _parse(await request.read())
+        engine = _engine(request.app)
+        result = await asyncio.to_thread(_in_session, engine, action, claim)
+    except Refused as exc:
+        return _error(exc.status, str(exc), exc.code)
+    return web.json_response(result)
+
+
+def _in_session(engine: Engine, action: Any, claim: Claim) -> dict[str, Any]:
+    with session_factory(engine)() as session:
+        result: dict[str, Any] = action(session, claim)
+        return result
+
+
+def _engine(app: web.Application) -> Engine:
+    if ENGINE_KEY in app:
+        return app[ENGINE_KEY]
+    # The router keeps its registry engine under its own key; find it rather than import it.
+    for key in app:
+        if isinstance(app[key], Engine):
+            return app[key]  # type: ignore[no-any-return]
+    raise Refused(503, "registration is not configured on this router", "unavailable")
+
+
+def _parse(body: bytes) -> Claim:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise Refused(400, "body must be JSON", "invalid_json") from None
+    if not isinstance(data, dict) or not isinstance(data.get("token"), str) or not data["token"]:
+        raise Refused(401, "a registration token is required", "invalid_token")
+    fields = {k: data[k] for k in Claim.__dataclass_fields__ if data.get(k) is not None}
+    if "deployment_id" in fields:
+        fields["deployment_id"] = _whole(fields["deployment_id"])
+    if "job_id" in fields:
+        fields["job_id"] = str(fields["job_id"])
+    if not all(isinstance(v, str) for k, v in fields.items() if k != "deployment_id"):
+        raise Refused(400, "registration fields must be strings", "invalid_request")
+    return Claim(**fields)
+
+
+def _whole(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    raise Refused(400, "deployment_id must be a whole number", "invalid_request")
+
+
+def register(session: Session, claim: Claim) -> dict[str, Any]:
+    """Mark the claimed deployment ready at its URL, or create one for an admin-issued token."""
+    if not claim.url.startswith(("http://", "https://")):
+        raise Refused(400, f"url must start with http:// or https://, got {claim.url!r}", "invalid_url")
+    if claim.deployment_id is None and claim.job_id is None:
+        return _register_own(session, claim)
+    row = _claimed_row(session, claim)
+    if row.state not in _REGISTRABLE or (row.state == "ready" and row.url != _url(claim)):
+        raise Refused(403, f"deployment {row.id} is {row.state}; its token was already used", "token_used")
+    now = utcnow()
+    row.url, row.node, row.state, row.reason = _url(claim), claim.node or row.node, "ready", None
+    row.ready_at, row.updated_at = row.ready_at or now, now
+    session.commit()
+    return {"deployment_id": row.id, "state": row.state}
+
+
+def deregister(session: Session, claim: Claim) -> dict[str, Any]:
+    """Stop routing to the claimed deployment: a job drains until Slurm ends it, a manual one is gone."""
+    row = _claimed_row(session, claim) if claim.deployment_id or claim.job_id else _own_row(session, claim)
+    if row.state == "gone":
+        return {"deployment_id": row.id, "state": row.state}
+    now = utcnow()
+    # The supervisor marks a job gone with Slurm's final state; a hand-started server has no job.
+    row.state = "draining" if row.job_id else "gone"
+    row.reason = claim.reason or "deregistered by the server"
+    row.gone_at = now if row.state == "gone" else row.gone_at
+    row.updated_at = now
+    session.commit()
+    return {"deployment_id": row.id, "state": row.state}
+
+
+def _claimed_row(session: Session, claim: Claim) -> Deployment:
+    if claim.deployment_id is not None:
+        row = session.get(Deployment, claim.deployment_id)
+    else:
+        query = select(Deployment).where(Deployment.job_id == claim.job_id).order_by(Deployment.id.desc())
+        row = session.scalars(query).first()
+    if row is None or not _matches(claim.token, row.registration_token_hash):
+        raise Refused(401, "invalid registration token", "invalid_token")
+    return row
+
+
+def _own_row(session: Session, claim: Claim) -> Deployment:
+    if not claim.url:
+        raise Refused(400, "deregistration needs deployment_id, job_id or url", "invalid_request")
+    query = select(Deployment).where(Deployment.url == _url(claim), Deployment.state != "gone")
+    for row in session.scalars(query):
+        if _matches(claim.token, row.registration_token_hash):
+            return row
+    raise Refused(401, "invalid registration token", "invalid_token")
+
+
+def _register_own(session: Session, claim: Claim) -> dict[str, Any]:
+    grant = session.scalars(
+        select(RegistrationToken).where(RegistrationToken.token_hash == token_hash(claim.token))
+    ).first()
+    # The hash lookup leaks nothing: an attacker cannot steer SHA-256 prefixes.
+    if grant is None:
+        raise Refused(401, "invalid registration token", "invalid_token")
+    _check_grant(grant, claim)
+    now = utcnow()
+    row = Deployment(
+        model=claim.model or "", kind=claim.kind, engine="external", state="ready", url=_url(claim),
+        node=claim.node, secret=claim.secret, registration_token_hash=grant.token_hash,
+        ready_at=now, created_at=now, updated_at=now,
+    )
+    session.add(row)
+    session.commit()
+    return {"deployment_id": row.id, "state": row.state}
+
+
+def _check_grant(grant: RegistrationToken, claim: Claim) -> None:
+    if grant.expires_at is not None and grant.expires_at <= utcnow():
+        raise Refused(403, "registration token expired", "token_expired")
+    if not claim.model:
+        raise Refused(400, "model is required when registering with an admin-issued token", "invalid_request")
+    if grant.model is not None and grant.model != claim.model:
+        raise Refused(403, f"this token may only register model {grant.model!r}", "model_not_allowed")
+    if claim.kind not in KINDS:
+        raise Refused(400, f"kind must be one of {', '.join(KINDS)}", "invalid_request")
+
+
+def _url(claim: Claim) -> str:
+    return claim.url.rstrip("/")
+
+
+def _error(status: int, message: str, code: str) -> web.Response:
+    kind = "authentication_error" if status == 401 else "permission_error" if status == 403 else "invalid_request_error"
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return web.json_response(body, status=status)
