@@ -1,0 +1,277 @@
+"""Pure reconciliation: registry rows + Slurm's view + desired replicas -> a plan of changes.
+
+No I/O: the supervisor gathers the inputs (one squeue call), applies the plan and logs it.
+Times are naive UTC, like the registry; Slurm's tz-aware times are converted here.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+from launcher.registry import DeploymentRecord
+from launcher.slurm_parse import JobInfo
+
+# Slurm job states, grouped by what they mean for a model server.
+QUEUED = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"})
+ENDING = frozenset({"COMPLETING", "SIGNALING", "STAGE_OUT"})
+# Ends someone chose, the limit brought, or a node caused: they say nothing about the model.
+NOT_FAILURES = frozenset({"CANCELLED", "TIMEOUT", "PREEMPTED", "DEADLINE", "NODE_FAIL"})
+# Rows that hold (or will hold) a replica; draining and gone ones are on their way out.
+LIVE = ("pending", "starting", "ready")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A model's desired replica count and its failure bookkeeping (model_targets row)."""
+
+    model: str
+    desired_replicas: int
+    quick_failures: int = 0
+    next_attempt_at: datetime | None = None
+    stopped_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Knobs of the reconcile rules; built from settings and the catalog by the supervisor."""
+
+    launchable: frozenset[str] = frozenset()  # models the catalog can submit
+    start_deadline_s: Mapping[str, float] = field(default_factory=dict)  # per model
+    default_start_deadline_s: float = 900.0
+    quick_failure_s: float = 300.0
+    max_quick_failures: int = 3
+    backoff_base_s: float = 30.0
+    backoff_max_s: float = 900.0
+
+
+@dataclass(frozen=True)
+class RowUpdate:
+    """Column changes for one deployment, applied only if its state is still expect_state."""
+
+    deployment_id: int
+    expect_state: str
+    changes: Mapping[str, object]
+    message: str = ""  # what to log; "" for quiet refreshes (end time, expected start)
+    failure: bool = False  # a quick failure of its model
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """scancel a job, once its row's update (gone) has been applied."""
+
+    deployment_id: int
+    job_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Submission:
+    """Submit one new job for a model (predecessor_id: the replica it takes over from)."""
+
+    model: str
+    reason: str
+    predecessor_id: int | None = None
+
+
+@dataclass(frozen=True)
+class TargetUpdate:
+    """New failure bookkeeping for a model."""
+
+    model: str
+    quick_failures: int
+    next_attempt_at: datetime | None
+    stopped_reason: str | None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    updates: tuple[RowUpdate, ...] = ()
+    cancels: tuple[Cancel, ...] = ()
+    submissions: tuple[Submission, ...] = ()
+    targets: tuple[TargetUpdate, ...] = ()
+
+
+def reconcile(
+    deployments: Sequence[DeploymentRecord], jobs: Mapping[str, JobInfo],
+    targets: Mapping[str, Target], policy: Policy, now: datetime,
+) -> Plan:
+    """The changes that bring the registry in line with Slurm and each model to its replica count.
+
+    `jobs` must come from a Slurm query made after `deployments` was read, or a job submitted
+    in between would look vanished.
+    """
+    followed = [follow_job(d, jobs.get(d.job_id), policy, now) for d in deployments
+                if d.job_id is not None and d.state != "gone"]
+    updates = [u for u, _ in followed if u]
+    cancels = [c for _, c in followed if c]
+    states = {dep.id: dep.state for dep in deployments}
+    states.update({u.deployment_id: str(u.changes["state"]) for u in updates if "state" in u.changes})
+    new_targets = _bookkeeping(deployments, updates, targets, policy, now)
+    by_model: dict[str, list[DeploymentRecord]] = {}
+    for dep in deployments:
+        by_model.setdefault(dep.model, []).append(dep)
+    submissions: list[Submission] = []
+    for model, target in targets.items():
+        target = _effective(target, new_targets.get(model))
+        more, surplus, stop = _scale(target, by_model.get(model, []), states, policy, now)
+        submissions += more
+        new_targets.update({model: stop} if stop else {})
+        # A surplus row's gone update replaces any refresh planned for it above.
+        dropped = {dep.id for dep, _ in surplus}
+        updates = [u for u in updates if u.deployment_id not in dropped] if dropped else updates
+        updates += [_gone(dep, why, now) for dep, why in surplus]
+        cancels += [Cancel(dep.id, dep.job_id or "", why) for dep, why in surplus]
+    return Plan(tuple(updates), tuple(cancels), tuple(submissions), tuple(new_targets.values()))
+
+
+def follow_job(
+    dep: DeploymentRecord, job: JobInfo | None, policy: Policy, now: datetime,
+) -> tuple[RowUpdate | None, Cancel | None]:
+    """What Slurm's view of one job means for its row: (update or None, cancel or None)."""
+    if job is None:
+        return _ended(dep, "vanished: Slurm no longer knows the job", now, policy), None
+    if job.finished:
+        return _ended(dep, final_reason(job), now, policy), None
+    if job.state in ENDING:
+        return _set(dep, state="draining", reason=f"job {job.state}"), None
+    if job.state in QUEUED:
+        return _queued(dep, job, now)
+    deadline = policy.start_deadline_s.get(dep.model, policy.default_start_deadline_s)
+    started = naive(job.start_time)
+    if dep.state in ("pending", "starting") and started and now - started > timedelta(seconds=deadline):
+        reason = f"not ready within its start deadline ({deadline:g} s)"
+        return _gone(dep, reason, now, failure=True), Cancel(dep.id, dep.job_id or "", reason)
+    if dep.state == "pending":
+        return _set(dep, state="starting", reason=None, node=job.node, end_time=naive(job.end_time)), None
+    return _set(dep, node=dep.node or job.node, end_time=naive(job.end_time)), None
+
+
+def final_reason(job: JobInfo) -> str:
+    """Slurm's final state first (CANCELLED, TIMEOUT, ...), then what else is known."""
+    detail = f"exit code {job.exit_code}" if job.exit_code else ""
+    if job.state == "NODE_FAIL" and job.node:
+        detail = f"node {job.node}"
+    return f"{job.state} ({detail})" if detail else job.state
+
+
+def record_failure(target: Target, reason: str, policy: Policy, now: datetime, count: int = 1) -> TargetUpdate:
+    """Count quick failures; back off exponentially, and stop after policy.max_quick_failures."""
+    failures = target.quick_failures + count
+    delay = min(policy.backoff_base_s * 2 ** (failures - 1), policy.backoff_max_s)
+    if failures >= policy.max_quick_failures:
+        stop = (f"stopped after {failures} quick failures in a row; last: {reason}. "
+                f"Fix the cause, then `llm-launch up {target.model}` to try again")
+        return TargetUpdate(target.model, failures, None, stop, f"{target.model}: {stop}")
+    retry_at = now + timedelta(seconds=delay)
+    message = f"{target.model}: quick failure {failures} ({reason}); next try in {delay:g} s"
+    return TargetUpdate(target.model, failures, retry_at, None, message)
+
+
+def naive(value: datetime | None) -> datetime | None:
+    """Naive UTC (the registry's form) from Slurm's tz-aware time."""
+    return value.astimezone(UTC).replace(tzinfo=None) if value and value.tzinfo else value
+
+
+def _queued(dep: DeploymentRecord, job: JobInfo, now: datetime) -> tuple[RowUpdate | None, Cancel | None]:
+    if dep.state != "pending":
+        # A started job back in the queue was requeued (its node failed): its server is gone,
+        # and a rerun would race the replacement, so end it.
+        reason = f"requeued by Slurm ({job.reason or job.state}); cancelled"
+        return _gone(dep, reason, now), Cancel(dep.id, dep.job_id or "", reason)
+    return _set(dep, reason=job.reason, expected_start=naive(job.start_time)), None
+
+
+def _set(dep: DeploymentRecord, **values: object) -> RowUpdate | None:
+    changes = {k: v for k, v in values.items() if getattr(dep, k) != v}
+    if not changes:
+        return None
+    return RowUpdate(dep.id, dep.state, changes, _message(dep, changes))
+
+
+def _message(dep: DeploymentRecord, changes: Mapping[str, object]) -> str:
+    head = f"{dep.model} job {dep.job_id} (deployment {dep.id})"
+    if "state" in changes:
+        where = f" on {changes['node']}" if changes.get("node") else ""
+        why = f" ({changes['reason']})" if changes.get("reason") else ""
+        return f"{head}: {dep.state} -> {changes['state']}{where}{why}"
+    if "reason" in changes and changes["reason"]:
+        return f"{head}: {dep.state}, Slurm says {changes['reason']}"
+    return ""
+
+
+def _gone(dep: DeploymentRecord, reason: str, now: datetime, *, failure: bool = False) -> RowUpdate:
+    """Row out of routing for good, saying why."""
+    changes: dict[str, object] = {"state": "gone", "reason": reason, "gone_at": now}
+    return RowUpdate(dep.id, dep.state, changes, _message(dep, changes), failure)
+
+
+def _ended(dep: DeploymentRecord, reason: str, now: datetime, policy: Policy) -> RowUpdate:
+    """The job ended on its own (or vanished): gone, and a failure if it counts against the model."""
+    return _gone(dep, reason, now, failure=_is_failure(dep, reason, now, policy))
+
+
+def _is_failure(dep: DeploymentRecord, reason: str, now: datetime, policy: Policy) -> bool:
+    state = reason.split(" ", 1)[0]
+    if state in NOT_FAILURES:
+        return False
+    if dep.ready_at is None:
+        return True
+    drained = dep.state == "draining" and state == "COMPLETED"
+    return not drained and now - dep.ready_at < timedelta(seconds=policy.quick_failure_s)
+
+
+def _bookkeeping(
+    deployments: Sequence[DeploymentRecord], updates: Iterable[RowUpdate],
+    targets: Mapping[str, Target], policy: Policy, now: datetime,
+) -> dict[str, TargetUpdate]:
+    """Failures of this pass counted per model; a replica that stayed ready resets the count."""
+    by_id = {dep.id: dep for dep in deployments}
+    failed = [u for u in updates if u.failure]
+    counts = Counter(by_id[u.deployment_id].model for u in failed)
+    last = {by_id[u.deployment_id].model: str(u.changes["reason"]) for u in failed}
+    result = {m: record_failure(targets[m], last[m], policy, now, n) for m, n in counts.items() if m in targets}
+    settled = now - timedelta(seconds=policy.quick_failure_s)
+    for dep in deployments:
+        target = targets.get(dep.model)
+        proven = dep.state == "ready" and dep.ready_at is not None and dep.ready_at <= settled
+        if target and proven and target.quick_failures and dep.model not in result:
+            result[dep.model] = TargetUpdate(dep.model, 0, None, None, f"{dep.model}: healthy again")
+    return result
+
+
+def _effective(target: Target, update: TargetUpdate | None) -> Target:
+    if update is None:
+        return target
+    return replace(target, quick_failures=update.quick_failures,
+                   next_attempt_at=update.next_attempt_at, stopped_reason=update.stopped_reason)
+
+
+def _scale(
+    target: Target, deployments: Sequence[DeploymentRecord],
+    states: Mapping[int, str], policy: Policy, now: datetime,
+) -> tuple[list[Submission], list[tuple[DeploymentRecord, str]], TargetUpdate | None]:
+    """(submissions, surplus rows to cancel, a stop to record) for one model and its rows."""
+    if target.stopped_reason:
+        return [], [], None
+    live = [d for d in deployments if states[d.id] in LIVE]
+    replaced = {d.predecessor_id for d in live}
+    # A replica whose successor is already on its way does not count: it is about to leave.
+    live = [d for d in live if d.id not in replaced]
+    desired = target.desired_replicas
+    missing = desired - len(live)
+    if missing < 0:
+        waiting = sorted((d for d in live if states[d.id] != "ready"), key=lambda d: d.id, reverse=True)
+        why = f"surplus: {target.model} wants {desired} replica(s)"
+        return [], [(d, why) for d in waiting[:-missing]], None
+    if missing == 0 or (target.next_attempt_at and now < target.next_attempt_at):
+        return [], [], None
+    if target.model not in policy.launchable:
+        stop = f"{target.model} is not in the catalog; cannot start replicas"
+        return [], [], TargetUpdate(target.model, target.quick_failures, None, stop, stop)
+    # After a failure, probe with one job rather than a burst.
+    count = 1 if target.quick_failures else missing
+    return [Submission(target.model, f"{len(live)} of {desired} replica(s)")] * count, [], None
