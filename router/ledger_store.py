@@ -1,0 +1,120 @@
+"""The ledger's database side: batched upserts, retention pruning, budget reload (run in threads)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any, Callable, TypeVar
+
+from sqlalchemy import Connection, Engine, case, delete, func, insert, select
+from sqlalchemy.exc import OperationalError
+
+from launcher.models import UsageDaily, UsageRequest
+
+log = logging.getLogger(__name__)
+
+DailyKey = tuple[str, int, str]  # day (YYYY-MM-DD, UTC), key id, model
+# [key_name, account, requests, errors, estimated, prompt, completion, reasoning, audio_seconds]
+PendingRow = list[Any]
+# (started_at, request_id, key_id, model, status, prompt, completion, reasoning, audio,
+#  latency_ms, backend, estimated)
+RequestRow = tuple[float, str, int, str, int, int, int, int, float, float, str | None, int]
+
+COUNTERS = ("requests", "errors", "estimated_requests", "prompt_tokens", "completion_tokens",
+            "reasoning_tokens", "audio_seconds")
+REQUEST_COLUMNS = ("ts", "request_id", "key_id", "model", "status", "prompt_tokens",
+                   "completion_tokens", "reasoning_tokens", "audio_seconds", "latency_ms",
+                   "backend", "estimated")
+RETRY_DELAYS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+T = TypeVar("T")
+
+
+def write_batch(engine: Engine, daily: dict[DailyKey, PendingRow], requests: list[RequestRow]) -> None:
+    """Add DAILY to the per-day rows (upsert) and insert REQUESTS, in one transaction."""
+    def write(conn: Connection) -> None:
+        if daily:
+            conn.execute(_upsert(engine), [_daily_params(k, v) for k, v in daily.items()])
+        if requests:
+            conn.execute(insert(UsageRequest), [_request_params(r) for r in requests])
+    _with_retries(engine, write)
+
+
+def prune_requests(engine: Engine, before: float) -> int:
+    """Delete per-request rows older than BEFORE (epoch seconds); returns how many."""
+    cutoff = _naive_utc(before)
+
+    def prune(conn: Connection) -> int:
+        return conn.execute(delete(UsageRequest).where(UsageRequest.ts < cutoff)).rowcount
+    return _with_retries(engine, prune)
+
+
+def load_totals(engine: Engine, now: float) -> dict[int, tuple[list[float], list[float]]]:
+    """Per key id: usage (today, this month) as [requests, prompt, completion, reasoning, audio]."""
+    t = datetime.fromtimestamp(now, UTC)
+    today, month_first = t.strftime("%Y-%m-%d"), t.strftime("%Y-%m-01")
+    is_today = UsageDaily.day == today
+    sums = [func.sum(getattr(UsageDaily, c)) for c in COUNTERS if c not in ("errors", "estimated_requests")]
+    today_sums = [func.sum(case((is_today, getattr(UsageDaily, c)), else_=0))
+                  for c in COUNTERS if c not in ("errors", "estimated_requests")]
+    query = (select(UsageDaily.key_id, *today_sums, *sums)
+             .where(UsageDaily.day >= month_first, UsageDaily.day <= today)
+             .group_by(UsageDaily.key_id))
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return {row[0]: ([float(x or 0) for x in row[1:6]], [float(x or 0) for x in row[6:11]])
+            for row in rows}
+
+
+def _upsert(engine: Engine) -> Any:
+    table = UsageDaily.__table__
+    stmt: Any
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        stmt = postgresql.insert(UsageDaily)
+    else:
+        from sqlalchemy.dialects import sqlite
+
+        stmt = sqlite.insert(UsageDaily)
+    added = {c: table.c[c] + stmt.excluded[c] for c in COUNTERS}
+    return stmt.on_conflict_do_update(
+        index_elements=["day", "key_id", "model"],
+        set_={**added, "key_name": stmt.excluded.key_name, "account": stmt.excluded.account},
+    )
+
+
+def _daily_params(key: DailyKey, row: PendingRow) -> dict[str, Any]:
+    params: dict[str, Any] = {"day": key[0], "key_id": key[1], "model": key[2],
+                              "key_name": row[0], "account": row[1]}
+    params.update(zip(COUNTERS, row[2:]))
+    return params
+
+
+def _request_params(row: RequestRow) -> dict[str, Any]:
+    params: dict[str, Any] = dict(zip(REQUEST_COLUMNS, row))
+    params["ts"] = _naive_utc(row[0])
+    return params
+
+
+def _naive_utc(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC).replace(tzinfo=None)
+
+
+def _with_retries(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """Run WORK in a transaction; a locked SQLite database is retried with backoff."""
+    for delay in (*RETRY_DELAYS_S, None):
+        try:
+            with engine.begin() as conn:
+                return work(conn)
+        except OperationalError as exc:
+            if delay is None or not _is_busy(exc):
+                raise
+            log.warning("usage ledger: database busy, retrying in %.2fs", delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _is_busy(exc: OperationalError) -> bool:
+    text = str(exc.orig).lower()
+    return "locked" in text or "busy" in text

@@ -1,0 +1,155 @@
+"""Quotas plus the usage ledger behind the proxy's Accounting seam.
+
+The limits are exact because one router process owns them, in memory, on one event loop (no
+locks needed). Budgets consumed today and this month survive a restart: they are reloaded from
+the ledger at start. Several router processes would each count on their own and together let a
+key overshoot, so the process that owns the limits holds an exclusive lock next to the registry
+(see router/ownership.py) and a second one refuses to start with accounting on.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from launcher.keys import KeyRecord
+from launcher.settings import Settings
+from router import quota
+from router.accounting import Admission, QuotaExceeded, RequestInfo, Usage
+from router.ledger import Ledger
+from router.ownership import OwnershipLock
+
+AUDIO_ENDPOINTS = frozenset({"transcriptions", "translations"})
+
+
+@dataclass(frozen=True)
+class WindowView:
+    """One limit as /v1/me shows it."""
+
+    limit: int | None
+    used: float
+    remaining: float | None
+    resets_in_s: float
+
+
+class LimitsAccounting:
+    """Admits against per-key limits and records exact usage; one instance per router process."""
+
+    def __init__(self, ledger: Ledger, lock: OwnershipLock | None = None) -> None:
+        self.ledger = ledger
+        self._lock = lock
+        self._states: dict[int, quota.KeyState] = {}
+        self._loaded: dict[int, tuple[list[float], list[float]]] = {}
+        self._loaded_at = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, engine: Engine) -> LimitsAccounting:
+        """Build from the router settings, on the registry ENGINE."""
+        r = settings.router
+        ledger = Ledger(engine, flush_s=r.ledger_flush_s, per_request=r.per_request_usage,
+                        retention_days=r.usage_retention_days)
+        return cls(ledger, OwnershipLock.for_engine(engine))
+
+    def admit(self, info: RequestInfo, now: float) -> Admission:
+        """Reserve capacity for INFO or raise QuotaExceeded (the request then costs nothing)."""
+        st = self.state(info.key.id, now)
+        limits = info.key.limits
+        quota.roll(st, now)
+        audio = info.endpoint in AUDIO_ENDPOINTS
+        reserve = 0 if audio else quota.reservation(limits, info.prompt_estimate + info.max_tokens)
+        refused = quota.refusal(st, limits, reserve, audio, now)
+        if refused is not None:
+            headers = quota.rate_headers(st, limits, now)
+            raise QuotaExceeded(refused[0], quota.retry_after(refused[1]), headers)
+        quota.charge(st, reserve)
+        return Admission(info, reserve, now, quota.rate_headers(st, limits, now))
+
+    def finish(
+        self, admission: Admission, status: int, usage: Usage, backend: str | None, now: float
+    ) -> None:
+        """Settle the reservation with USAGE and hand the request to the ledger."""
+        info = admission.info
+        key = info.key
+        st = self.state(key.id, now)
+        prompt, completion = usage.prompt_tokens, usage.completion_tokens
+        quota.settle(st, admission.started_at, admission.reserved_tokens, prompt + completion, now)
+        quota.add_usage(st.today, prompt, completion, usage.reasoning_tokens, usage.audio_seconds)
+        quota.add_usage(st.month, prompt, completion, usage.reasoning_tokens, usage.audio_seconds)
+        self.ledger.record(info.request_id, key.id, key.name, key.account, info.model, status,
+                           usage, backend, admission.started_at, now)
+
+    def state(self, key_id: int, now: float) -> quota.KeyState:
+        """The key's state, created on first use with the budgets reloaded from the ledger."""
+        st = self._states.get(key_id)
+        if st is None:
+            st = self._states[key_id] = quota.KeyState(now)
+            loaded = self._loaded.pop(key_id, None)
+            if loaded is not None:
+                self._restore(st, loaded)
+        return st
+
+    def _restore(self, st: quota.KeyState, loaded: tuple[list[float], list[float]]) -> None:
+        # Totals loaded at start count only if their day and month are still the current ones.
+        if int(self._loaded_at // quota.DAY) == st.day:
+            _restore(st.today, loaded[0])
+        if st.month_start <= self._loaded_at < st.month_end:
+            _restore(st.month, loaded[1])
+
+    def headers(self, key: KeyRecord, now: float) -> dict[str, str]:
+        """The key's x-ratelimit-* headers right now, for responses not admitted (403, 404)."""
+        st = self.state(key.id, now)
+        quota.roll(st, now)
+        return quota.rate_headers(st, key.limits, now)
+
+    def windows(self, key: KeyRecord, now: float) -> dict[str, WindowView]:
+        """Every window of KEY: limit, used (reservations included), remaining, reset."""
+        st = self.state(key.id, now)
+        quota.roll(st, now)
+        lim = key.limits
+        day_end, month_end = (st.day + 1) * quota.DAY, st.month_end
+        req_reset = st.req_start + quota.MINUTE - now if st.req_count else 0.0
+        tok_used = st.tok_used + st.tok_reserved
+        return {
+            "requests_per_minute": _view(lim.rpm, st.req_count, req_reset),
+            "tokens_per_minute": _view(lim.tpm, tok_used,
+                                       st.tok_start + quota.MINUTE - now if tok_used else 0.0),
+            "requests_in_flight": _view(lim.max_parallel, st.in_flight, 0.0),
+            "daily_tokens": _view(lim.daily_tokens, st.today.tokens + st.day_reserved, day_end - now),
+            "monthly_tokens": _view(lim.monthly_tokens, st.month.tokens + st.month_reserved,
+                                    month_end - now),
+            "daily_audio_seconds": _view(lim.daily_audio_seconds, st.today.audio, day_end - now),
+        }
+
+    async def start(self) -> None:
+        """Take limits ownership, reload today's and this month's usage, start the ledger."""
+        if self._lock is not None:
+            self._lock.acquire()
+        try:
+            self._loaded_at = time.time()
+            self._loaded = await self.ledger.load_totals(self._loaded_at)
+            await self.ledger.start()
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
+
+    async def close(self) -> None:
+        """Flush the ledger, then give up limits ownership."""
+        try:
+            await self.ledger.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+
+def _view(limit: int | None, used: float, resets_in_s: float) -> WindowView:
+    remaining = None if limit is None else max(limit - used, 0)
+    return WindowView(limit, used, remaining, round(max(resets_in_s, 0.0), 3))
+
+
+def _restore(totals: quota.Totals, values: list[float]) -> None:
+    requests, prompt, completion, reasoning, audio = values
+    quota.add_usage(totals, int(prompt), int(completion), int(reasoning), audio)
+    totals.requests = int(requests)
