@@ -61,6 +61,13 @@ class ClusterSettings:
     catalog: str = ""
     start_deadline_s: int = 900
     reconcile_interval_s: float = 5.0
+    # A job that fails before it is ready, or within quick_failure_s of being ready, is a quick
+    # failure: the next try waits backoff_base_s * 2**(n-1) (at most backoff_max_s), and after
+    # max_quick_failures in a row the supervisor stops starting the model and says why.
+    quick_failure_s: float = 300.0
+    max_quick_failures: int = 3
+    backoff_base_s: float = 30.0
+    backoff_max_s: float = 900.0
     signal_lead_s: int = 120
     extra_sbatch_args: tuple[str, ...] = ()
     engines: Mapping[str, EngineEnv] = field(default_factory=dict)

@@ -1,0 +1,157 @@
+"""`llm-launch status`: every deployment with Slurm's view, time left, and the router's view."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+import click
+
+from launcher.cli.context import CliContext, echo_json, echo_table
+from launcher.db import utcnow
+from launcher.reconcile import Target
+from launcher.registry import DeploymentRecord, list_deployments
+from launcher.settings import Settings
+from launcher.supervisor import load_targets
+
+HEADERS = ["id", "model", "job", "state", "node", "url", "time left", "health", "in flight", "links"]
+# The router's answer: {"deployments": [{"id": 3, "health": "healthy", "in_flight": 2}, ...]}
+STATUS_PATH = "/internal/status"
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--watch", is_flag=True, help="Refresh every --every seconds until Ctrl-C.")
+@click.option("--every", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
+              help="Seconds between refreshes with --watch.")
+@click.option("--all", "show_all", is_flag=True, help="Include deployments that are gone.")
+@click.option("--router", "router_url", envvar="LLM_LAUNCH_ROUTER",
+              help="Router base URL for health and load [default: settings router.host:port].")
+@click.pass_obj
+def status(obj: CliContext, as_json: bool, watch: bool, every: float, show_all: bool,
+           router_url: str | None) -> None:
+    """Each deployment: model, job, state (Slurm's reason while pending), node, URL, time left, health."""
+    while True:
+        report = _gather(obj, show_all, router_url or default_router_url(obj.settings))
+        if watch and not as_json:
+            click.clear()
+        (echo_json if as_json else _echo_report)(report)
+        if not watch:
+            return
+        try:
+            time.sleep(every)
+        except KeyboardInterrupt:
+            return
+
+
+def _gather(obj: CliContext, show_all: bool, router_url: str) -> dict[str, Any]:
+    with obj.session() as session:
+        rows = list_deployments(session, include_gone=show_all)
+        targets = load_targets(session)
+    live = fetch_router_status(router_url, obj.settings.router.admin_token)
+    return build_report(rows, targets, live, utcnow())
+
+
+def default_router_url(settings: Settings) -> str:
+    """Where this machine reaches the router: its bind address (a wildcard means localhost)."""
+    host = settings.router.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    return f"http://{host}:{settings.router.port}"
+
+
+def fetch_router_status(router_url: str, admin_token: str, timeout_s: float = 1.0) -> dict[int, dict[str, Any]] | None:
+    """Health and in-flight counts by deployment id; None when the router does not answer."""
+    request = urllib.request.Request(router_url.rstrip("/") + STATUS_PATH,
+                                     headers={"Authorization": f"Bearer {admin_token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 (http only)
+            data = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    items = data.get("deployments") if isinstance(data, dict) else None
+    if isinstance(items, dict):
+        items = [{"id": key, **value} for key, value in items.items() if isinstance(value, dict)]
+    if not isinstance(items, list):
+        return None
+    return {int(i["id"]): i for i in items if isinstance(i, dict) and str(i.get("id", "")).isdigit()}
+
+
+def build_report(rows: Sequence[DeploymentRecord], targets: Mapping[str, Target],
+                 live: Mapping[int, Mapping[str, Any]] | None, now: datetime) -> dict[str, Any]:
+    """The status as plain data (what --json prints); pure."""
+    successors = {r.predecessor_id: r.id for r in rows if r.predecessor_id is not None}
+    deployments = []
+    for row in rows:
+        seen = (live or {}).get(row.id, {})
+        left = (row.end_time - now).total_seconds() if row.end_time and row.state != "gone" else None
+        deployments.append({
+            "id": row.id, "model": row.model, "job_id": row.job_id, "state": row.state,
+            "reason": row.reason, "expected_start": row.expected_start, "node": row.node, "url": row.url,
+            "end_time": row.end_time, "time_left_s": None if left is None else max(0, int(left)),
+            "health": seen.get("health"), "in_flight": seen.get("in_flight"),
+            "predecessor_id": row.predecessor_id, "successor_id": successors.get(row.id),
+        })
+    models = []
+    for target in targets.values():
+        alive = sum(1 for r in rows if r.model == target.model and r.state in ("pending", "starting", "ready"))
+        models.append({**asdict(target), "live_replicas": alive})
+    return {"router_reachable": live is not None, "deployments": deployments, "models": models}
+
+
+def _echo_report(report: Mapping[str, Any]) -> None:
+    table = [[d["id"], d["model"], d["job_id"] or "-", state_text(d), d["node"] or "-", d["url"] or "-",
+              duration_text(d["time_left_s"]), _or_dash(d["health"]), _or_dash(d["in_flight"]), links_text(d)]
+             for d in report["deployments"]]
+    if table:
+        echo_table(HEADERS, table)
+    else:
+        click.echo("no deployments")
+    for model in report["models"]:
+        line = f"{model['model']}: {model['live_replicas']} of {model['desired_replicas']} replica(s)"
+        if model["stopped_reason"]:
+            line += f"; STOPPED: {model['stopped_reason']}"
+        elif model["next_attempt_at"]:
+            line += f"; {model['quick_failures']} quick failure(s), next try at {model['next_attempt_at']:%H:%M:%S} UTC"
+        click.echo(line)
+    if not report["router_reachable"]:
+        click.echo("router not reachable: health and in-flight unknown (-)")
+
+
+def state_text(d: Mapping[str, Any]) -> str:
+    """State with its why: Slurm's reason and expected start while pending, the final state when gone."""
+    text = str(d["state"])
+    detail = [str(d["reason"])] if d["reason"] else []
+    if d["state"] == "pending" and d["expected_start"]:
+        detail.append(f"start ~{d['expected_start']:%H:%M:%S} UTC")
+    return f"{text} ({', '.join(detail)})" if detail else text
+
+
+def duration_text(seconds: int | None) -> str:
+    """1d02h, 3h05m, 4m10s, 12s; '-' when unknown."""
+    if seconds is None:
+        return "-"
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def links_text(d: Mapping[str, Any]) -> str:
+    """Successor / predecessor links: 'after #3', 'next #7'."""
+    parts = [f"after #{d['predecessor_id']}"] if d["predecessor_id"] else []
+    parts += [f"next #{d['successor_id']}"] if d["successor_id"] else []
+    return ", ".join(parts) or "-"
+
+
+def _or_dash(value: object) -> str:
+    return "-" if value is None else str(value)

@@ -1,0 +1,55 @@
+"""`llm-launch supervise`: the reconcile loop, until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+import click
+
+from launcher.catalog import CatalogError, load_catalog, resolve_catalog_path
+from launcher.cli.context import CliContext
+from launcher.slurm import SlurmClient
+from launcher.supervisor import Supervisor
+
+
+@click.command()
+@click.option("--interval", type=click.FloatRange(min=0.1), default=None,
+              help="Seconds between passes [settings: cluster.reconcile_interval_s].")
+@click.option("--once", is_flag=True, help="Run one pass, print what it did, and exit.")
+@click.option("--catalog", "catalog_path", envvar="LLM_LAUNCH_CATALOG",
+              help="Model catalog (TOML) [settings: cluster.catalog].")
+@click.pass_obj
+def supervise(obj: CliContext, interval: float | None, once: bool, catalog_path: str | None) -> None:
+    """Keep deployments in line with Slurm and each model at its desired replica count."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        catalog = load_catalog(resolve_catalog_path(catalog_path, obj.settings.cluster.catalog))
+    except CatalogError as exc:
+        raise click.ClickException(str(exc)) from None
+    supervisor = Supervisor(obj.engine, SlurmClient(), catalog, obj.settings)
+    if once:
+        summary = supervisor.run_once()
+        click.echo(f"{summary.deployments} deployment(s), {summary.changed} changed, "
+                   f"{summary.submitted} submitted, {summary.cancelled} cancelled; "
+                   f"{summary.slurm_commands} Slurm command(s), {summary.wall_s * 1000:.0f} ms")
+        if summary.error:
+            raise click.ClickException(summary.error)
+        return
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    period = interval or obj.settings.cluster.reconcile_interval_s
+    logging.getLogger("llm_launch.supervisor").info("supervising every %g s", period)
+    supervisor.run_forever(period, stop)
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT end the loop after the pass in progress (no half-applied plan)."""
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

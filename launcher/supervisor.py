@@ -1,0 +1,248 @@
+"""The reconcile loop's shell: read the registry, ask Slurm once, apply the plan, submit, log.
+
+Runs as `llm-launch supervise`, or inside the router (`supervisor_context`) in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from launcher.catalog import Catalog, CatalogEntry
+from launcher.db import session_factory, utcnow
+from launcher.models import Deployment, ModelTarget
+from launcher.reconcile import Plan, Policy, Submission, Target, TargetUpdate, reconcile, record_failure
+from launcher.registry import DeploymentRecord, list_deployments
+from launcher.settings import Settings
+from launcher.slurm import SlurmClient, SlurmError
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+LOG = logging.getLogger("llm_launch.supervisor")
+_BUSY_RETRIES = 5
+_T = TypeVar("_T")
+
+
+class Submit(Protocol):
+    """How a replica is started (launcher.deploy.submit_deployment's shape)."""
+
+    def __call__(self, session: Session, slurm: SlurmClient, entry: CatalogEntry, settings: Settings, *,
+                 predecessor_id: int | None = None, now: datetime) -> DeploymentRecord: ...
+
+
+@dataclass(frozen=True)
+class PassSummary:
+    """What one reconcile pass did and cost."""
+
+    deployments: int
+    changed: int
+    submitted: int
+    cancelled: int
+    slurm_commands: int
+    wall_s: float
+    cpu_s: float
+    error: str | None = None
+
+
+def policy_for(catalog: Catalog, settings: Settings) -> Policy:
+    """The reconcile knobs from the catalog (start deadlines) and the cluster settings."""
+    cluster = settings.cluster
+    deadlines = {name: float(e.start_deadline) for name, e in catalog.entries.items() if e.start_deadline}
+    return Policy(
+        launchable=frozenset(catalog.entries), start_deadline_s=deadlines,
+        default_start_deadline_s=cluster.start_deadline_s, quick_failure_s=cluster.quick_failure_s,
+        max_quick_failures=cluster.max_quick_failures, backoff_base_s=cluster.backoff_base_s,
+        backoff_max_s=cluster.backoff_max_s,
+    )
+
+
+def _default_submit() -> Submit:
+    from launcher.deploy import submit_deployment  # the deploy module renders templates: load it late
+
+    submit: Submit = submit_deployment
+    return submit
+
+
+@dataclass
+class Supervisor:
+    """Keeps the registry in line with Slurm and each model at its desired replica count."""
+
+    engine: Engine
+    slurm: SlurmClient
+    catalog: Catalog
+    settings: Settings
+    submit: Submit = field(default_factory=_default_submit)
+    _last_error: str | None = field(default=None, repr=False)
+
+    def run_once(self, now: datetime | None = None) -> PassSummary:
+        """One pass: exactly one Slurm query, one write transaction, then cancels and submissions."""
+        wall, cpu, commands = time.perf_counter(), time.process_time(), self.slurm.commands_run
+        now = now or utcnow()
+        make_session = session_factory(self.engine)
+        with make_session() as session:
+            # Rows first, then Slurm: a job submitted in between must not look vanished.
+            rows, targets = list_deployments(session), load_targets(session)
+        try:
+            jobs = self.slurm.jobs()
+        except SlurmError as exc:
+            self._report_error(str(exc))
+            return PassSummary(len(rows), 0, 0, 0, self.slurm.commands_run - commands,
+                               time.perf_counter() - wall, time.process_time() - cpu, str(exc))
+        self._report_error(None)
+        plan = reconcile(rows, jobs, targets, policy_for(self.catalog, self.settings), now)
+        applied = with_busy_retries(lambda: self._apply(make_session, plan, now))
+        cancelled = self._cancel(plan, applied)
+        submitted = sum(self._submit(make_session, s, targets, now) for s in plan.submissions)
+        return PassSummary(len(rows), len(applied), submitted, cancelled, self.slurm.commands_run - commands,
+                           time.perf_counter() - wall, time.process_time() - cpu)
+
+    def _apply(self, make_session: Callable[[], Session], plan: Plan, now: datetime) -> set[int]:
+        """Write the plan in one transaction; a row changed meanwhile (registration) is skipped."""
+        applied: set[int] = set()
+        with make_session() as session:
+            for change in plan.updates:
+                query = (update(Deployment)
+                         .where(Deployment.id == change.deployment_id, Deployment.state == change.expect_state)
+                         .values(**change.changes, updated_at=now))
+                if session.execute(query).rowcount:  # type: ignore[attr-defined]
+                    applied.add(change.deployment_id)
+            for target in plan.targets:
+                save_target(session, target, now)
+            session.commit()
+        for change in plan.updates:
+            if change.message and change.deployment_id in applied:
+                LOG.info("%s", change.message)
+        for target in plan.targets:
+            LOG.warning("%s", target.message) if target.quick_failures else LOG.info("%s", target.message)
+        return applied
+
+    def _cancel(self, plan: Plan, applied: set[int]) -> int:
+        """scancel the jobs whose rows are now gone (so no request is routed to them first)."""
+        done = 0
+        for cancel in plan.cancels:
+            if cancel.deployment_id not in applied:
+                continue
+            try:
+                self.slurm.cancel(cancel.job_id)
+                done += 1
+            except SlurmError as exc:
+                LOG.error("scancel %s (%s) failed: %s", cancel.job_id, cancel.reason, exc)
+        return done
+
+    def _submit(self, make_session: Callable[[], Session], wanted: Submission,
+                targets: Mapping[str, Target], now: datetime) -> int:
+        """Start one replica; a failed sbatch counts as a quick failure of the model."""
+        entry = self.catalog.entries[wanted.model]
+        try:
+            with make_session() as session:
+                record = self.submit(session, self.slurm, entry, self.settings,
+                                     predecessor_id=wanted.predecessor_id, now=now)
+        except (SlurmError, ValueError, OSError) as exc:
+            policy = policy_for(self.catalog, self.settings)
+            failure = record_failure(targets[wanted.model], f"submit failed: {exc}", policy, now)
+            with_busy_retries(lambda: self._save_failure(make_session, failure, now))
+            LOG.warning("%s", failure.message)
+            return 0
+        LOG.info("%s: submitted job %s (deployment %d; %s)", wanted.model, record.job_id, record.id, wanted.reason)
+        return 1
+
+    @staticmethod
+    def _save_failure(make_session: Callable[[], Session], failure: TargetUpdate, now: datetime) -> None:
+        with make_session() as session:
+            save_target(session, failure, now)
+            session.commit()
+
+    def _report_error(self, error: str | None) -> None:
+        """Log a Slurm outage once when it starts and once when it ends, not every pass."""
+        if error and error != self._last_error:
+            LOG.error("Slurm query failed, registry left unchanged: %s", error)
+        elif error is None and self._last_error:
+            LOG.info("Slurm answers again")
+        self._last_error = error
+
+    def run_forever(self, interval_s: float, stop: threading.Event) -> None:
+        """Pass after pass until STOP is set; a pass that crashes is logged and the loop goes on."""
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                self.run_once()
+            except Exception:  # the loop must outlive one bad pass (a locked DB, a bad row)
+                LOG.exception("reconcile pass failed")
+            stop.wait(max(0.0, interval_s - (time.monotonic() - started)))
+
+
+def load_targets(session: Session) -> dict[str, Target]:
+    """Every model's desired replica count and failure bookkeeping."""
+    return {
+        t.model: Target(t.model, t.desired_replicas, t.quick_failures, t.next_attempt_at, t.stopped_reason)
+        for t in session.scalars(select(ModelTarget))
+    }
+
+
+def save_target(session: Session, target: TargetUpdate, now: datetime) -> None:
+    """Store a model's new failure bookkeeping (the row exists: reconcile only plans for known targets)."""
+    session.execute(
+        update(ModelTarget).where(ModelTarget.model == target.model).values(
+            quick_failures=target.quick_failures, next_attempt_at=target.next_attempt_at,
+            stopped_reason=target.stopped_reason, updated_at=now,
+        )
+    )
+
+
+def with_busy_retries(action: Callable[[], _T], retries: int = _BUSY_RETRIES) -> _T:
+    """Run ACTION, again after a short pause when SQLite says the database is locked."""
+    for attempt in range(retries - 1):
+        try:
+            return action()
+        except OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            time.sleep(0.05 * 2**attempt)
+    return action()
+
+
+def open_supervisor(settings: Settings, *, db: str | None = None, slurm: SlurmClient | None = None) -> Supervisor:
+    """A supervisor on the configured registry, catalog and Slurm (the edges' one constructor)."""
+    from launcher.catalog import load_catalog, resolve_catalog_path
+    from launcher.db import open_engine, resolve_db_url
+
+    engine = open_engine(resolve_db_url(db, settings.database))
+    catalog = load_catalog(resolve_catalog_path(None, settings.cluster.catalog))
+    return Supervisor(engine, slurm or SlurmClient(), catalog, settings)
+
+
+async def supervise_async(supervisor: Supervisor, interval_s: float) -> None:
+    """The loop as an asyncio task: each pass runs in a worker thread, off the event loop."""
+    while True:
+        started = time.monotonic()
+        try:
+            await asyncio.to_thread(supervisor.run_once)
+        except Exception:  # keep supervising; the router must not lose its supervisor to one pass
+            LOG.exception("reconcile pass failed")
+        await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+
+
+def supervisor_context(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
+    """An aiohttp cleanup context that supervises inside the router while the app runs."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        supervisor = await asyncio.to_thread(open_supervisor, settings)
+        task = asyncio.create_task(supervise_async(supervisor, settings.cluster.reconcile_interval_s))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return context
