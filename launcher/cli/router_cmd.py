@@ -1,0 +1,62 @@
+"""`llm-launch router`: the OpenAI-compatible router, in the foreground."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import tomllib
+from typing import Any
+
+import click
+
+from launcher.cli.context import CliContext
+from launcher.settings import RouterSettings, Settings, SettingsError, settings_from_dict
+
+
+@click.command()
+@click.option("--host", help="Address to listen on (settings: router.host).")
+@click.option("--port", type=int, help="Port to listen on (settings: router.port).")
+@click.option("--no-accounting", is_flag=True, help="No quotas and no usage ledger (benchmarks, development).")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="NAME=VALUE",
+    help="Override any [router] setting, e.g. --set stall_timeout_s=600 (repeatable).",
+)
+@click.pass_obj
+def router(ctx: CliContext, host: str | None, port: int | None, no_accounting: bool,
+           overrides: tuple[str, ...]) -> None:
+    """Run the router until SIGTERM or Ctrl-C; requests in flight get router.grace_period_s to finish."""
+    settings = with_router_overrides(ctx.settings, overrides, host=host, port=port,
+                                     accounting=False if no_accounting else None)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from router.app import create_app
+    from router.serve import run
+
+    rs = settings.router
+    app = create_app(settings, ctx.engine)
+    run(app, rs.host, rs.port, rs.grace_period_s,
+        ready=lambda bound: click.echo(f"router listening on http://{rs.host}:{bound}/v1", err=True))
+
+
+def with_router_overrides(settings: Settings, overrides: tuple[str, ...], **given: Any) -> Settings:
+    """SETTINGS with --set NAME=VALUE pairs and the explicit options applied, checked like the file."""
+    values: dict[str, Any] = dataclasses.asdict(settings.router)
+    for item in overrides:
+        name, sep, text = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected NAME=VALUE, got {item!r}", param_hint="--set")
+        values[name.strip().removeprefix("router.")] = _value(text.strip())
+    values.update({k: v for k, v in given.items() if v is not None})
+    try:
+        checked: RouterSettings = settings_from_dict({"router": values}, source="command line").router
+    except SettingsError as exc:
+        raise click.BadParameter(str(exc), param_hint="--set") from None
+    return dataclasses.replace(settings, router=checked)
+
+
+def _value(text: str) -> Any:
+    """A TOML value (number, true/false, quoted string); anything else is taken as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text

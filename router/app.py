@@ -1,0 +1,107 @@
+"""The router application: create_app(settings, engine), its start-up and its clean shut-down."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import sys
+import time
+from typing import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from sqlalchemy import Engine
+
+from launcher.settings import Settings
+from router.accounting import Accounting, NoAccounting
+from router.endpoints import add_routes
+from router.errors import make_middleware
+from router.health import probe_loop
+from router.proxy import Upstream
+from router.request_log import RequestLog
+from router.snapshot import RegistryView
+from router.state import ACCOUNTING, ENGINE, SETTINGS, STATE, VIEW, RouterState
+
+LOG = logging.getLogger("router")
+# Other parts of the project that mount routes when they are installed: module -> add_routes(app).
+ADD_ONS = ("router.registration", "router.me", "router.metrics")
+
+
+def create_app(settings: Settings, engine: Engine, accounting: Accounting | None = None) -> web.Application:
+    """The router app; accounting None means the quota module's, or none when it is absent or off."""
+    rs = settings.router
+    log = RequestLog(sys.stderr) if rs.request_log else None
+    app = web.Application(
+        client_max_size=max(rs.max_body_bytes, rs.max_json_body_bytes), middlewares=[make_middleware(log)],
+    )
+    chosen = accounting if accounting is not None else default_accounting(settings, engine)
+    state = RouterState(settings=settings, view=RegistryView(engine), accounting=chosen)
+    app[STATE], app[SETTINGS], app[ENGINE] = state, settings, engine
+    app[ACCOUNTING], app[VIEW] = chosen, state.view
+    app.cleanup_ctx.append(_lifecycle)
+    add_routes(app)
+    _mount_add_ons(app)
+    return app
+
+
+def default_accounting(settings: Settings, engine: Engine) -> Accounting:
+    """router.quota's accounting when installed and switched on, else none."""
+    if not settings.router.accounting:
+        return NoAccounting()
+    try:
+        quota = importlib.import_module("router.quota")
+    except ModuleNotFoundError as exc:
+        if exc.name != "router.quota":
+            raise
+        return NoAccounting()
+    made: Accounting = quota.make_accounting(settings, engine)
+    return made
+
+
+def _mount_add_ons(app: web.Application) -> None:
+    for name in ADD_ONS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.add_routes(app)
+
+
+def new_session() -> aiohttp.ClientSession:
+    """The app's one upstream session: no pool cap, no decompression (bytes pass through)."""
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60)
+    return aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    rs = state.settings.router
+    session = new_session()
+    state.upstream = Upstream(
+        session, connect_timeout_s=rs.connect_timeout_s, stall_timeout_s=rs.stall_timeout_s,
+        retry_after_s=rs.retry_after_s, clock=time.time,
+    )
+    await state.view.refresh()
+    await state.accounting.start()
+    tasks = [
+        asyncio.create_task(state.view.run(rs.registry_refresh_s), name="registry-refresh"),
+        asyncio.create_task(
+            probe_loop(session, lambda: state.view.snapshot.backends.values(), rs.health_interval_s,
+                       rs.health_timeout_s, time.time),
+            name="health-probes",
+        ),
+    ]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await state.accounting.close()
+        await session.close()

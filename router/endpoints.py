@@ -1,0 +1,151 @@
+"""The /v1 handlers: check the key, read the request as far as routing needs, hand it on."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC
+from typing import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from launcher.db import utcnow
+from launcher.keys import KeyRecord
+from router.accounting import QuotaExceeded, RequestInfo
+from router.auth import authenticate, check_model
+from router.body import form_field, inspect, parse_json, with_include_usage
+from router.errors import CTX, RouterError
+from router.proxy import Call, Outcome
+from router.snapshot import Backend
+from router.state import STATE, RouterState
+
+JSON_ENDPOINTS = {
+    "/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings",
+}
+AUDIO_ENDPOINTS = {"/v1/audio/transcriptions": "transcriptions", "/v1/audio/translations": "translations"}
+STREAM_USAGE = frozenset({"chat", "completions"})  # endpoints that know stream_options
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def authorized(request: web.Request) -> KeyRecord:
+    """The caller's key record (also for add-on routes like /v1/me), or a 401."""
+    state = request.app[STATE]
+    record = authenticate(request.headers.get("Authorization"), state.view.snapshot.keys, utcnow)
+    request[CTX].key_id = record.id
+    return record
+
+
+def json_handler(endpoint: str) -> Handler:
+    """The handler for a JSON endpoint such as chat completions."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE]
+        key = authorized(request)
+        body = await read_body(request, state.settings.router.max_json_body_bytes)
+        doc = parse_json(body)
+        fields = inspect(doc)
+        strip = fields.stream and endpoint in STREAM_USAGE and not fields.client_wants_usage
+        if strip:
+            body = with_include_usage(body, doc)
+        content_type = request.headers.get("Content-Type", "application/json")
+        estimate = len(body) // 4  # about four bytes of JSON per prompt token
+        call = Call(request.path, body, content_type, stream=fields.stream, strip_usage=strip,
+                    prompt_estimate=estimate, headers={"x-request-id": request[CTX].request_id})
+        info = RequestInfo(request[CTX].request_id, key, fields.model, endpoint, estimate,
+                           fields.max_tokens, fields.stream)
+        return await dispatch(request, state, info, call)
+
+    return handle
+
+
+def audio_handler(endpoint: str) -> Handler:
+    """The handler for a multipart audio endpoint; the body goes upstream byte for byte."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE]
+        key = authorized(request)
+        body = await read_body(request, state.settings.router.max_body_bytes)
+        content_type = request.headers.get("Content-Type", "")
+        if not content_type.lower().startswith("multipart/form-data"):
+            raise RouterError(400, "Audio requests must be multipart/form-data", code="invalid_request")
+        model = form_field(body, content_type, "model")
+        if not model:
+            raise RouterError(400, "You must provide a model parameter", param="model", code="missing_model")
+        call = Call(request.path, body, content_type, headers={"x-request-id": request[CTX].request_id})
+        info = RequestInfo(request[CTX].request_id, key, model, endpoint, 0, 0)
+        return await dispatch(request, state, info, call)
+
+    return handle
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, or a 413 when it is larger than LIMIT bytes."""
+    length = request.content_length
+    if length is None or length <= limit:
+        body = await request.read()
+        if len(body) <= limit:
+            return body
+    raise RouterError(413, f"Request body too large: the limit is {limit} bytes", code="request_too_large")
+
+
+async def dispatch(request: web.Request, state: RouterState, info: RequestInfo, call: Call) -> web.StreamResponse:
+    """Model checks, admission, forwarding; `finish` runs exactly once for an admitted request."""
+    request[CTX].model = info.model
+    check_model(info.key, info.model)
+    pool = state.view.snapshot.pools.get(info.model)
+    if pool is None:
+        raise RouterError(404, f"The model {info.model!r} does not exist", param="model", code="model_not_found")
+    try:
+        admission = state.accounting.admit(info, time.time())
+    except QuotaExceeded as exc:
+        headers = {**exc.headers, "Retry-After": str(exc.retry_after_s)}
+        raise RouterError(429, str(exc), code="rate_limit_exceeded", headers=headers) from None
+    call.headers.update(admission.headers)
+    outcome = Outcome()
+    assert state.upstream is not None, "the router is not started"
+    try:
+        return await state.upstream.forward(request, pool, call, outcome)
+    except RouterError as err:
+        outcome.status = err.status
+        err.headers = {**call.headers, **err.headers}
+        raise
+    finally:
+        request[CTX].outcome = outcome.status
+        state.accounting.finish(admission, outcome.status, outcome.usage, outcome.backend, time.time())
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """GET /v1/models: the models this key may use, in OpenAI's list shape, with their status."""
+    key = authorized(request)
+    pools = request.app[STATE].view.snapshot.pools
+    data = [_model_entry(pool.model, pool.backends) for name, pool in sorted(pools.items()) if key.allows(name)]
+    return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
+
+
+def _model_entry(model: str, members: tuple[Backend, ...]) -> dict[str, object]:
+    if any(b.routable for b in members):
+        status = "ready"
+    elif any(b.record.state in ("pending", "starting") for b in members):
+        status = "loading"
+    else:
+        status = "offline"
+    times = [b.record.ready_at or b.record.updated_at for b in members]
+    created = int(min(times).replace(tzinfo=UTC).timestamp()) if times else 0
+    return {"id": model, "object": "model", "created": created, "owned_by": "llm-launch", "status": status}
+
+
+async def health(request: web.Request) -> web.Response:
+    """GET /health (no key): the router is up; how many models could be served right now."""
+    pools = request.app[STATE].view.snapshot.pools.values()
+    ready = sum(1 for pool in pools if any(b.routable for b in pool.backends))
+    return web.Response(body=orjson.dumps({"status": "ok", "models_ready": ready}), content_type="application/json")
+
+
+def add_routes(app: web.Application) -> None:
+    """Mount the OpenAI-compatible endpoints and /health."""
+    for path, endpoint in JSON_ENDPOINTS.items():
+        app.router.add_post(path, json_handler(endpoint))
+    for path, endpoint in AUDIO_ENDPOINTS.items():
+        app.router.add_post(path, audio_handler(endpoint))
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/health", health)

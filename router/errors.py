@@ -1,0 +1,120 @@
+"""The OpenAI error envelope and the one middleware that turns every failure into it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from router.request_log import RequestContext, RequestLog
+
+LOG = logging.getLogger("router")
+CTX = web.RequestKey("llm_launch_ctx", RequestContext)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# The type OpenAI's own API uses for each status the router produces.
+TYPES = {
+    400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
+    404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
+    429: "rate_limit_error", 500: "server_error", 502: "server_error", 503: "server_error",
+    504: "server_error",
+}
+MAX_REQUEST_ID = 128
+CLIENT_GONE = 499  # nginx's status for "client closed the connection", used in logs and ledger
+
+
+class RouterError(Exception):
+    """An error the router itself answers with; becomes the envelope in the middleware."""
+
+    def __init__(
+        self, status: int, message: str, *, code: str | None = None, param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.headers = headers if headers is not None else {}
+
+
+def envelope(status: int, message: str, code: str | None = None, param: str | None = None) -> bytes:
+    """The body `{"error": {"message", "type", "param", "code"}}` for STATUS."""
+    error = {"message": message, "type": TYPES.get(status, "server_error"), "param": param, "code": code}
+    return orjson.dumps({"error": error})
+
+
+def error_response(err: RouterError) -> web.Response:
+    """A JSON response with ERR's status, envelope and extra headers."""
+    body = envelope(err.status, err.message, err.code, err.param)
+    headers = {"Content-Type": "application/json", **err.headers}
+    return web.Response(status=err.status, body=body, headers=headers)
+
+
+def request_id(request: web.Request) -> str:
+    """The client's x-request-id when it sent a sane one, else a new random id."""
+    given = request.headers.get("x-request-id")
+    if given and len(given) <= MAX_REQUEST_ID and given.isprintable():
+        return given
+    return os.urandom(12).hex()
+
+
+def make_middleware(log: RequestLog | None) -> Middleware:
+    """The middleware: request id, error translation to the envelope, one log line."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        ctx = RequestContext(request_id(request), time.perf_counter())
+        request[CTX] = ctx
+        status = CLIENT_GONE
+        try:
+            response = await _handle(request, handler)
+            status = response.status
+            if not response.prepared:
+                response.headers["x-request-id"] = ctx.request_id
+            return response
+        finally:
+            if log is not None:
+                log.write(request.method, request.path, status, ctx)
+
+    return middleware
+
+
+async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RouterError as err:
+        return error_response(err)
+    except web.HTTPException as exc:
+        return _from_http_exception(exc)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        LOG.exception("unexpected error on %s %s", request.method, request.path)
+        return error_response(RouterError(500, "internal router error", code="internal_error"))
+
+
+def _from_http_exception(exc: web.HTTPException) -> web.StreamResponse:
+    """aiohttp's own 404/405/413 in the envelope; redirects and successes stay as they are."""
+    if exc.status < 400:
+        return exc
+    messages = {
+        404: "Unknown path: see the API reference for the /v1 endpoints",
+        405: "Method not allowed on this path",
+        413: "Request body too large",
+    }
+    message = messages.get(exc.status, exc.reason)
+    err = RouterError(exc.status, message, code=_code(exc.status))
+    if exc.status == 405 and "Allow" in exc.headers:
+        err.headers["Allow"] = exc.headers["Allow"]
+    return error_response(err)
+
+
+def _code(status: int) -> str | None:
+    return {404: "unknown_url", 405: "method_not_allowed", 413: "request_too_large"}.get(status)

@@ -1,0 +1,105 @@
+"""Backend health: pure state transitions, the per-kind probe, and the loop that runs probes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterable
+
+import aiohttp
+import orjson
+
+if TYPE_CHECKING:
+    from router.snapshot import Backend
+
+LOG = logging.getLogger("router.health")
+UNKNOWN, UP, DOWN = "unknown", "up", "down"
+
+
+@dataclass(frozen=True)
+class HealthState:
+    """A backend's health; an unknown backend is routed to (failover covers a dead one)."""
+
+    status: str = UNKNOWN
+    reason: str = ""
+    since: float = 0.0
+
+    @property
+    def routable(self) -> bool:
+        return self.status != DOWN
+
+
+def after_probe(state: HealthState, ok: bool, reason: str, now: float) -> HealthState:
+    """The state after an active probe: up when it passed, down with its reason when not."""
+    status = UP if ok else DOWN
+    if status == state.status:
+        return state
+    return HealthState(status, "" if ok else reason, now)
+
+
+def after_failure(state: HealthState, reason: str, now: float) -> HealthState:
+    """The state after a request saw a connection error or a timeout: out of rotation."""
+    if state.status == DOWN:
+        return state
+    return HealthState(DOWN, reason, now)
+
+
+def apply(backend: Backend, new: HealthState) -> None:
+    """Give BACKEND its new state, logging a change once."""
+    if new is backend.health:
+        return
+    backend.set_health(new)
+    if new.status == DOWN:
+        LOG.warning("backend %s (%s) is down: %s", backend.record.id, backend.url, new.reason)
+    else:
+        LOG.info("backend %s (%s) is %s", backend.record.id, backend.url, new.status)
+
+
+async def probe(session: aiohttp.ClientSession, backend: Backend, timeout: aiohttp.ClientTimeout) -> str:
+    """Probe BACKEND the way its kind allows; '' when ready, else why not."""
+    kind = backend.record.kind
+    path = "/health" if kind == "transcription" else "/v1/models"
+    try:
+        async with session.get(backend.url + path, headers=backend.headers, timeout=timeout) as resp:
+            if resp.status != 200:
+                return f"{path} answered {resp.status}"
+            if kind == "transcription":
+                return ""
+            return _missing_model(await resp.read(), backend.model)
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        return f"{path}: {type(exc).__name__} {exc}".strip()
+
+
+def _missing_model(body: bytes, model: str) -> str:
+    try:
+        listed = {entry.get("id") for entry in orjson.loads(body).get("data", [])}
+    except (orjson.JSONDecodeError, AttributeError, TypeError):
+        return "/v1/models answered something that is not a model list"
+    return "" if model in listed else f"/v1/models does not list {model!r}"
+
+
+async def probe_all(
+    session: aiohttp.ClientSession, backends: Iterable[Backend], timeout: aiohttp.ClientTimeout,
+    clock: Callable[[], float],
+) -> None:
+    """Probe every backend with a URL once, concurrently, and apply the results."""
+    targets = [b for b in backends if b.url and b.record.state in ("starting", "ready")]
+    reasons = await asyncio.gather(*(probe(session, b, timeout) for b in targets))
+    now = clock()
+    for backend, reason in zip(targets, reasons):
+        apply(backend, after_probe(backend.health, not reason, reason, now))
+
+
+async def probe_loop(
+    session: aiohttp.ClientSession, backends: Callable[[], Iterable[Backend]], interval_s: float,
+    timeout_s: float, clock: Callable[[], float],
+) -> None:
+    """Probe all backends every INTERVAL_S seconds, the first round right away."""
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    while True:
+        try:
+            await probe_all(session, backends(), timeout, clock)
+        except Exception:  # a bug in one round must not stop health checking for good
+            LOG.exception("health probe round failed")
+        await asyncio.sleep(interval_s)

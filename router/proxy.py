@@ -1,0 +1,214 @@
+"""The one module that forwards requests to backends: failover, timeouts, streaming through.
+
+No total timeout (a long generation runs for an hour); a connect timeout and a stall timeout
+(no byte for N seconds) instead. A request is retried on another replica only while nothing has
+reached the client. A client that goes away closes the upstream connection, so the GPU stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from router.accounting import Usage
+from router.balancer import choose
+from router.errors import CLIENT_GONE, RouterError, envelope
+from router.health import after_failure, apply
+from router.snapshot import Backend, Pool
+from router.usage import SseTap, usage_from_json
+
+NO_USAGE = Usage()
+SSE = "text/event-stream"
+CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+BROKEN = (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError)
+
+
+class Call:
+    """One request to forward, as the endpoint handler prepared it."""
+
+    __slots__ = ("path", "body", "content_type", "stream", "strip_usage", "prompt_estimate", "headers")
+
+    def __init__(
+        self, path: str, body: bytes, content_type: str, *, stream: bool = False,
+        strip_usage: bool = False, prompt_estimate: int = 0, headers: dict[str, str],
+    ) -> None:
+        self.path = path
+        self.body = body
+        self.content_type = content_type
+        self.stream = stream
+        self.strip_usage = strip_usage
+        self.prompt_estimate = prompt_estimate
+        self.headers = headers  # added to the client's response: x-request-id, rate limits
+
+
+class Outcome:
+    """How a forwarded request ended, for the ledger: the status, usage and backend."""
+
+    __slots__ = ("status", "usage", "backend")
+
+    def __init__(self) -> None:
+        self.status = CLIENT_GONE
+        self.usage = NO_USAGE
+        self.backend: str | None = None
+
+
+class _Retry(Exception):
+    """Nothing reached the client yet: try another replica."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Upstream:
+    """Calls backends over one shared session."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, *, connect_timeout_s: float, stall_timeout_s: float,
+        retry_after_s: int, clock: Callable[[], float],
+    ) -> None:
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout_s, sock_read=stall_timeout_s
+        )
+        self._stall_s = stall_timeout_s
+        self._retry_after = str(retry_after_s)
+        self._clock = clock
+
+    async def forward(self, request: web.Request, pool: Pool, call: Call, outcome: Outcome) -> web.StreamResponse:
+        """Send CALL to the best ready backend of POOL, failing over while the client saw nothing."""
+        tried: list[Backend] = []
+        failure = _Retry(503, f"No ready backend for model {pool.model!r}; try again shortly")
+        while True:
+            backend = choose(pool.backends, pool.turn, tried)
+            pool.turn += 1
+            if backend is None:
+                raise self._unavailable(failure, call)
+            backend.outstanding += 1
+            try:
+                return await self._attempt(request, backend, call, outcome)
+            except _Retry as retry:
+                tried.append(backend)
+                failure = retry
+            finally:
+                backend.outstanding -= 1
+
+    def _unavailable(self, failure: _Retry, call: Call) -> RouterError:
+        headers = {**call.headers, "Retry-After": self._retry_after}
+        code = "backend_unavailable" if failure.status == 503 else "backend_failed"
+        return RouterError(failure.status, str(failure), code=code, headers=headers)
+
+    async def _attempt(self, request: web.Request, backend: Backend, call: Call, outcome: Outcome) -> web.StreamResponse:
+        upstream = await self._open(backend, call, retry_stale=True)
+        try:
+            if call.stream and upstream.status == 200 and upstream.content_type == SSE:
+                first = await self._read(upstream.content.readany(), backend)
+                outcome.backend = backend.url
+                return await self._relay_stream(request, upstream, first, backend, call, outcome)
+            body = await self._read(upstream.read(), backend)
+        except BaseException:
+            upstream.close()
+            raise
+        upstream.release()
+        outcome.backend = backend.url
+        return _respond(upstream, body, call, outcome)
+
+    async def _open(self, backend: Backend, call: Call, retry_stale: bool) -> aiohttp.ClientResponse:
+        headers = {**backend.headers, "Content-Type": call.content_type, "X-Request-Id": call.headers["x-request-id"]}
+        try:
+            return await self._session.post(
+                backend.url + call.path, data=call.body, headers=headers, timeout=self._timeout
+            )
+        except aiohttp.ServerDisconnectedError:
+            if retry_stale:  # a kept-alive connection the backend had closed: once more, same backend
+                return await self._open(backend, call, retry_stale=False)
+            raise self._eject(backend, 502, "the backend closed the connection")
+        except CONNECT_ERRORS as exc:
+            raise self._eject(backend, 503, f"could not connect to a backend: {exc}")
+        except aiohttp.ClientOSError as exc:
+            raise self._eject(backend, 502, f"the backend connection failed: {exc}")
+        except asyncio.TimeoutError:
+            self._eject(backend, 504, "stalled")
+            raise self._stalled() from None
+
+    async def _read(self, reading: Awaitable[bytes], backend: Backend) -> bytes:
+        """Await an upstream read before the client saw anything; failures are retryable."""
+        try:
+            return await reading
+        except BROKEN as exc:
+            raise self._eject(backend, 502, f"the backend failed before answering: {exc}")
+        except asyncio.TimeoutError:
+            self._eject(backend, 504, "stalled")
+            raise self._stalled() from None
+
+    def _eject(self, backend: Backend, status: int, reason: str) -> _Retry:
+        apply(backend, after_failure(backend.health, reason, self._clock()))
+        return _Retry(status, reason)
+
+    def _stalled(self) -> RouterError:
+        return RouterError(504, f"The backend sent nothing for {self._stall_s:g} s", code="backend_timeout")
+
+    async def _relay_stream(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, first: bytes, backend: Backend,
+        call: Call, outcome: Outcome,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(status=upstream.status, headers=_stream_headers(call))
+        tap = SseTap(call.strip_usage, call.prompt_estimate)
+        await response.prepare(request)
+        outcome.status = upstream.status
+        try:
+            await self._pump(response, upstream, first, tap, backend, outcome)
+        except (asyncio.CancelledError, ConnectionResetError):
+            outcome.status = CLIENT_GONE
+            upstream.close()  # the backend sees the connection close and stops generating
+            raise
+        finally:
+            outcome.usage = tap.result()
+        upstream.release()
+        rest = tap.finish()
+        if rest and outcome.status == upstream.status:
+            await response.write(rest)
+        await response.write_eof()
+        return response
+
+    async def _pump(
+        self, response: web.StreamResponse, upstream: aiohttp.ClientResponse, chunk: bytes,
+        tap: SseTap, backend: Backend, outcome: Outcome,
+    ) -> None:
+        """Copy the stream as it arrives; a backend failing midway ends it with an error event."""
+        try:
+            while chunk:
+                out = tap.feed(chunk)
+                if out:
+                    await response.write(out)
+                chunk = await upstream.content.readany()
+        except BROKEN as exc:
+            outcome.status = 502
+            await response.write(_error_event(502, f"The backend failed mid-stream: {exc}", "backend_failed"))
+            apply(backend, after_failure(backend.health, "failed mid-stream", self._clock()))
+        except asyncio.TimeoutError:
+            outcome.status = 504
+            await response.write(_error_event(504, f"The backend sent nothing for {self._stall_s:g} s", "backend_timeout"))
+            apply(backend, after_failure(backend.health, "stalled mid-stream", self._clock()))
+
+
+def _respond(upstream: aiohttp.ClientResponse, body: bytes, call: Call, outcome: Outcome) -> web.Response:
+    """The backend's answer as it was: status, content type and body unchanged."""
+    outcome.status = upstream.status
+    if upstream.status == 200:
+        outcome.usage = usage_from_json(body) or NO_USAGE
+    headers = {**call.headers, "Content-Type": upstream.headers.get("Content-Type", "application/json")}
+    return web.Response(body=body, status=upstream.status, headers=headers)
+
+
+def _stream_headers(call: Call) -> dict[str, str]:
+    # X-Accel-Buffering: a reverse proxy in front of the router must not buffer the stream either.
+    return {**call.headers, "Content-Type": SSE, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _error_event(status: int, message: str, code: str) -> bytes:
+    """An SSE event the openai SDK raises as an APIError."""
+    return b"data: " + envelope(status, message, code) + b"\n\n"

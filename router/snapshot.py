@@ -1,0 +1,149 @@
+"""The router's in-memory view of keys and backends, refreshed from the registry off the loop.
+
+The request path only reads `RegistryView.snapshot`; the database is read in a worker thread,
+and only when a cheap fingerprint query says something changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from sqlalchemy import Engine, func, select
+
+from launcher.db import session_factory
+from launcher.keys import KeyRecord, list_keys
+from launcher.models import ApiKey, Deployment
+from launcher.registry import DeploymentRecord, list_deployments
+from router.health import HealthState
+
+LOG = logging.getLogger("router.registry")
+
+
+class Backend:
+    """One deployment as the router routes to it: its record, its load and its health."""
+
+    __slots__ = ("record", "model", "url", "headers", "outstanding", "health", "routable")
+
+    def __init__(self, record: DeploymentRecord) -> None:
+        self.record = record
+        self.model = record.model
+        self.url = record.url or ""
+        # Built once: the backend's secret is its bearer token; the client's key never goes upstream.
+        self.headers: dict[str, str] = {"Accept-Encoding": "identity"}
+        if record.secret:
+            self.headers["Authorization"] = f"Bearer {record.secret}"
+        self.outstanding = 0
+        self.health = HealthState()
+        self.routable = False
+        self._update_routable()
+
+    def same_server(self, record: DeploymentRecord) -> bool:
+        """Whether RECORD still names this server (so its load and health carry over)."""
+        return record.url == self.record.url and record.secret == self.record.secret
+
+    def update(self, record: DeploymentRecord) -> None:
+        """Take a newer record of the same server."""
+        self.record = record
+        self._update_routable()
+
+    def set_health(self, health: HealthState) -> None:
+        """Take a new health state."""
+        self.health = health
+        self._update_routable()
+
+    def _update_routable(self) -> None:
+        self.routable = bool(self.url) and self.record.state == "ready" and self.health.routable
+
+
+@dataclass
+class Pool:
+    """The backends of one model, and the rotation counter that breaks ties between them."""
+
+    model: str
+    backends: tuple[Backend, ...]
+    turn: int = 0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Keys by SHA-256 hash, and pools of backends by model name; replaced, never mutated."""
+
+    keys: Mapping[str, KeyRecord] = field(default_factory=dict)
+    pools: Mapping[str, Pool] = field(default_factory=dict)
+    backends: Mapping[int, Backend] = field(default_factory=dict)
+
+
+def merge_backends(old: Mapping[int, Backend], records: Sequence[DeploymentRecord]) -> dict[int, Backend]:
+    """New backends for RECORDS, keeping load and health of those whose server did not change."""
+    merged: dict[int, Backend] = {}
+    for record in records:
+        backend = old.get(record.id)
+        if backend is not None and backend.same_server(record):
+            backend.update(record)
+        else:
+            backend = Backend(record)
+        merged[record.id] = backend
+    return merged
+
+
+def build_pools(backends: Mapping[int, Backend], old: Mapping[str, Pool]) -> dict[str, Pool]:
+    """Group backends by model; a model's rotation counter survives the rebuild."""
+    grouped: dict[str, list[Backend]] = {}
+    for backend in backends.values():
+        grouped.setdefault(backend.model, []).append(backend)
+    pools = {}
+    for model, members in grouped.items():
+        previous = old.get(model)
+        pools[model] = Pool(model, tuple(members), previous.turn if previous else 0)
+    return pools
+
+
+class RegistryView:
+    """Holds the current snapshot and reloads it from the registry when the registry changed."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.snapshot = Snapshot()
+        self._sessions = session_factory(engine)
+        self._fingerprint: tuple[Any, ...] | None = None
+
+    async def refresh(self) -> bool:
+        """Reload keys and deployments if they changed; True when the snapshot was replaced."""
+        loaded = await asyncio.to_thread(self._load_if_changed)
+        if loaded is None:
+            return False
+        keys, records = loaded
+        backends = merge_backends(self.snapshot.backends, records)
+        pools = build_pools(backends, self.snapshot.pools)
+        self.snapshot = Snapshot(keys=keys, pools=pools, backends=backends)
+        return True
+
+    async def run(self, interval_s: float) -> None:
+        """Refresh forever; a failing database keeps the last good snapshot."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.refresh()
+            except Exception as exc:  # the router keeps serving from the last snapshot
+                LOG.warning("registry refresh failed, serving the last snapshot: %s", exc)
+
+    def _load_if_changed(self) -> tuple[dict[str, KeyRecord], list[DeploymentRecord]] | None:
+        with self._sessions() as session:
+            fingerprint = tuple(session.execute(_FINGERPRINT).one())
+            if fingerprint == self._fingerprint:
+                return None
+            keys = {record.key_hash: record for record in list_keys(session)}
+            records = list_deployments(session)
+        self._fingerprint = fingerprint
+        return keys, records
+
+
+# Every writer bumps updated_at, so counts and latest change times tell whether to reload.
+_FINGERPRINT = select(
+    select(func.count(ApiKey.id)).scalar_subquery(),
+    select(func.max(ApiKey.updated_at)).scalar_subquery(),
+    select(func.count(Deployment.id)).scalar_subquery(),
+    select(func.max(Deployment.updated_at)).scalar_subquery(),
+)

@@ -1,0 +1,30 @@
+"""Typed application state shared by the router's modules (and by add-on routes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+from sqlalchemy import Engine
+
+from launcher.settings import Settings
+from router.accounting import Accounting
+from router.proxy import Upstream
+from router.snapshot import RegistryView
+
+
+@dataclass
+class RouterState:
+    """Everything a request handler needs, found with one lookup; `upstream` exists once started."""
+
+    settings: Settings
+    view: RegistryView
+    accounting: Accounting
+    upstream: Upstream | None = None
+
+
+STATE = web.AppKey("llm_launch_state", RouterState)
+SETTINGS = web.AppKey("llm_launch_settings", Settings)
+ENGINE = web.AppKey("llm_launch_engine", Engine)
+ACCOUNTING = web.AppKey("llm_launch_accounting", Accounting)
+VIEW = web.AppKey("llm_launch_registry", RegistryView)

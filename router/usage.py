@@ -1,0 +1,190 @@
+"""Usage extraction from backend answers, cheap enough for the request path.
+
+JSON answers put `usage` near their end, so only the tail is searched first. Streams go through
+`SseTap`, which finds the usage event, removes it when the client did not ask for it, and keeps
+every other byte as the backend sent it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from router.accounting import Usage
+
+TAIL = 4096
+USAGE_KEY = b'"usage"'
+DURATION_KEY = b'"duration"'
+NULL_USAGE = b'"usage":null'
+
+
+def usage_from_json(body: bytes) -> Usage | None:
+    """The usage object of a chat, completion, embedding or audio answer; None when absent."""
+    found = _object_after(body, USAGE_KEY)
+    if found is not None:
+        return usage_from_object(found)
+    duration = _number_after(body, DURATION_KEY)
+    return Usage(audio_seconds=duration) if duration is not None else None
+
+
+def usage_from_object(usage: Any) -> Usage | None:
+    """Usage from a parsed `usage` value: tokens, or whisper's {"type": "duration", "seconds"}."""
+    if not isinstance(usage, dict):
+        return None
+    if usage.get("type") == "duration":
+        return Usage(audio_seconds=float(usage.get("seconds") or 0))
+    details = usage.get("completion_tokens_details")
+    reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    return Usage(
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        reasoning_tokens=int(reasoning or 0),
+    )
+
+
+def _find_key(body: bytes, key: bytes) -> int:
+    """Where the value of the last top-level-looking KEY starts, searching the tail first."""
+    at = body.rfind(key, max(0, len(body) - TAIL))
+    if at < 0 and len(body) > TAIL:
+        at = body.rfind(key)
+    if at < 0:
+        return -1
+    colon = body.find(b":", at + len(key))
+    return -1 if colon < 0 or body[at + len(key):colon].strip() else colon + 1
+
+
+def _object_after(body: bytes, key: bytes) -> Any:
+    start = _find_key(body, key)
+    if start < 0:
+        return None
+    start = body.find(b"{", start)
+    end = _matching_brace(body, start) if start >= 0 else -1
+    if end < 0:
+        return None
+    try:
+        return orjson.loads(body[start:end + 1])
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _matching_brace(body: bytes, start: int) -> int:
+    # Usage objects hold numbers and nested objects only, so strings need no special care.
+    depth = 0
+    for index in range(start, min(len(body), start + TAIL)):
+        char = body[index]
+        if char == 0x7B:
+            depth += 1
+        elif char == 0x7D:
+            depth -= 1
+            if depth == 0:
+                return index
+    return -1
+
+
+def _number_after(body: bytes, key: bytes) -> float | None:
+    start = _find_key(body, key)
+    if start < 0:
+        return None
+    end = start
+    while end < len(body) and body[end] not in b",}\n":
+        end += 1
+    try:
+        return float(body[start:end])
+    except ValueError:
+        return None
+
+
+class SseTap:
+    """Passes an SSE stream through event by event, taking its usage event out when asked."""
+
+    __slots__ = ("_strip", "_prompt_estimate", "_pending", "events", "usage")
+
+    def __init__(self, strip_usage: bool, prompt_estimate: int = 0) -> None:
+        self._strip = strip_usage
+        self._prompt_estimate = prompt_estimate
+        self._pending = b""
+        self.events = 0  # data events seen, the estimate of tokens when no usage arrives
+        self.usage: Usage | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes to send on for CHUNK: whole events only, the usage event removed if asked."""
+        data = self._pending + chunk if self._pending else chunk
+        end = _last_boundary(data)
+        if end < 0:
+            self._pending = data
+            return b""
+        complete, self._pending = data[:end], data[end:]
+        self.events += complete.count(b"\n\n") or complete.count(b"\r\n\r\n")
+        usages = complete.count(USAGE_KEY)
+        if not usages or usages == complete.count(NULL_USAGE):
+            return complete
+        return self._take_usage(complete)
+
+    def finish(self) -> bytes:
+        """What is left when the stream ended (an unterminated last event, sent as it is)."""
+        rest, self._pending = self._pending, b""
+        return rest
+
+    def result(self) -> Usage:
+        """The backend's usage, or an estimate from the events seen when the stream ended early."""
+        if self.usage is not None:
+            return self.usage
+        done = 1 if self.events else 0  # the [DONE] marker is not a token
+        return Usage(
+            prompt_tokens=self._prompt_estimate, completion_tokens=max(0, self.events - done),
+            estimated=True,
+        )
+
+    def _take_usage(self, complete: bytes) -> bytes:
+        kept: list[bytes] = []
+        for event in _split_events(complete):
+            usage = _event_usage(event)
+            if usage is not None:
+                self.usage = usage
+                self.events -= 1
+                if self._strip:
+                    continue
+            kept.append(event)
+        return b"".join(kept)
+
+
+def _last_boundary(data: bytes) -> int:
+    """The index just past the last blank line that ends an event, or -1."""
+    lf = data.rfind(b"\n\n")
+    crlf = data.rfind(b"\r\n\r\n")
+    if lf < 0 and crlf < 0:
+        return -1
+    return max(lf + 2 if lf >= 0 else -1, crlf + 4 if crlf >= 0 else -1)
+
+
+def _split_events(data: bytes) -> list[bytes]:
+    """Events with their terminating blank line, in order."""
+    events = []
+    start = 0
+    while start < len(data):
+        end = _next_boundary(data, start)
+        events.append(data[start:end])
+        start = end
+    return events
+
+
+def _next_boundary(data: bytes, start: int) -> int:
+    lf = data.find(b"\n\n", start)
+    crlf = data.find(b"\r\n\r\n", start)
+    ends = [i + n for i, n in ((lf, 2), (crlf, 4)) if i >= 0]
+    return min(ends) if ends else len(data)
+
+
+def _event_usage(event: bytes) -> Usage | None:
+    """The usage of an event that carries a non-null `usage`, else None."""
+    if USAGE_KEY not in event:
+        return None
+    payload = b"".join(
+        line[5:] for line in event.splitlines() if line.startswith(b"data:")
+    ).strip()
+    try:
+        parsed = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return usage_from_object(parsed.get("usage")) if isinstance(parsed, dict) else None

@@ -1,0 +1,273 @@
+"""A fake OpenAI backend: a real aiohttp server with configurable latency, chunks and failures.
+
+Run it: `python -m tests.fake_backend --port 9001 --model fake-chat --chunks 20 --chunk-delay-ms 10`.
+Import it: `FakeBackend(FakeConfig(...))`, then `await backend.start()`; it records what it received
+and what it sent, so tests can compare bytes, and counts streams that a client cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+FAILURES = ("die_mid_stream", "stall", "500", "close_after_headers")
+
+
+@dataclass
+class FakeConfig:
+    models: list[str] = field(default_factory=lambda: ["fake-chat"])
+    secret: str | None = None
+    chunks: int = 5
+    chunk_delay_ms: float = 0.0
+    latency_ms: float = 0.0
+    embedding_dim: int = 8
+    failure: str | None = None  # one of FAILURES
+    fail_after_chunks: int = 2
+    healthy: bool = True
+    reasoning_tokens: int = 3
+
+
+@dataclass(frozen=True)
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class FakeBackend:
+    """The server; mutate `config` between requests to change its behaviour."""
+
+    def __init__(self, config: FakeConfig | None = None) -> None:
+        self.config = config or FakeConfig()
+        self.received: list[Received] = []
+        self.sent: list[bytes] = []  # the full body of each answer, as sent
+        self.usage_events: list[bytes] = []  # the usage event of each stream that had one
+        self.cancelled = 0
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/v1/audio/transcriptions", self._audio)
+        app.router.add_post("/v1/audio/translations", self._audio)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port or self.port, reuse_address=True).start()
+        self.port = int(self._runner.addresses[0][1])
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # --- handlers -----------------------------------------------------------------------
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"}, status=200 if self.config.healthy else 503)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        if (denied := self._denied(request)) is not None:
+            return denied
+        if not self.config.healthy:
+            return web.json_response({"error": "loading"}, status=503)
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.config.models]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        if (denied := self._denied(request)) is not None:
+            return denied
+        doc = json.loads(body)
+        try:
+            await asyncio.sleep(self.config.latency_ms / 1000)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        if self.config.failure == "500":
+            return self._send_json({"error": {"message": "backend exploded", "type": "server_error",
+                                              "param": None, "code": "boom"}}, status=500)
+        if self.config.failure == "close_after_headers":
+            return await self._close_after_headers(request)
+        chat = request.path.endswith("chat/completions")
+        if doc.get("stream"):
+            return await self._stream(request, doc, chat)
+        return self._send_json(self._answer(doc, chat))
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        body = await self._record(request)
+        if (denied := self._denied(request)) is not None:
+            return denied
+        doc = json.loads(body)
+        inputs = doc["input"] if isinstance(doc["input"], list) else [doc["input"]]
+        dim = self.config.embedding_dim
+        data = [{"object": "embedding", "index": i, "embedding": [((i + j) % 97) / 97 - 0.5 for j in range(dim)]}
+                for i in range(len(inputs))]
+        tokens = sum(len(str(x).split()) for x in inputs)
+        return self._send_json({"object": "list", "data": data, "model": doc["model"],
+                                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    async def _audio(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        if (denied := self._denied(request)) is not None:
+            return denied
+        return self._send_json({"text": "hello from the fake whisper", "usage": {"type": "duration", "seconds": 3}})
+
+    # --- helpers -------------------------------------------------------------------------
+
+    async def _record(self, request: web.Request) -> bytes:
+        body = await request.read()
+        self.received.append(Received(request.method, request.path, dict(request.headers), body))
+        return body
+
+    def _denied(self, request: web.Request) -> web.Response | None:
+        secret = self.config.secret
+        if secret and request.headers.get("Authorization") != f"Bearer {secret}":
+            return web.json_response({"error": {"message": "bad backend key", "type": "invalid_request_error",
+                                                "param": None, "code": None}}, status=401)
+        return None
+
+    def _send_json(self, value: Any, status: int = 200) -> web.Response:
+        body = json.dumps(value, separators=(",", ":")).encode()
+        self.sent.append(body)
+        return web.Response(body=body, status=status, content_type="application/json")
+
+    def _usage(self, doc: dict[str, Any]) -> dict[str, Any]:
+        prompt = len(json.dumps(doc.get("messages", doc.get("prompt", ""))).split())
+        return {"prompt_tokens": prompt, "completion_tokens": self.config.chunks,
+                "total_tokens": prompt + self.config.chunks,
+                "completion_tokens_details": {"reasoning_tokens": self.config.reasoning_tokens}}
+
+    def _answer(self, doc: dict[str, Any], chat: bool) -> dict[str, Any]:
+        text = "".join(f"tok{i} " for i in range(self.config.chunks))
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "logprobs": None}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text, "reasoning_content": "thinking…"}
+        else:
+            choice["text"] = text
+        return {"id": "cmpl-fake", "object": "chat.completion" if chat else "text_completion",
+                "created": int(time.time()), "model": doc.get("model"), "choices": [choice],
+                "usage": self._usage(doc), "x_fake_unknown": {"kept": True}}
+
+    def _chunk(self, doc: dict[str, Any], chat: bool, i: int, last: bool) -> bytes:
+        piece = f"tok{i} "
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop" if last else None}
+        if chat:
+            choice["delta"] = {"content": piece, "reasoning_content": None}
+        else:
+            choice["text"] = piece
+        event = {"id": "cmpl-fake", "object": "chat.completion.chunk" if chat else "text_completion",
+                 "created": 1, "model": doc.get("model"), "choices": [choice]}
+        return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+
+    async def _stream(self, request: web.Request, doc: dict[str, Any], chat: bool) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        sent = bytearray()
+        try:
+            await self._stream_body(request, response, doc, chat, sent)
+        except _Died:
+            return response
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.cancelled += 1
+            raise
+        finally:
+            self.sent.append(bytes(sent))
+        await response.write_eof()
+        return response
+
+    async def _stream_body(self, request: web.Request, response: web.StreamResponse, doc: dict[str, Any],
+                           chat: bool, sent: bytearray) -> None:
+        config = self.config
+        for i in range(config.chunks):
+            if config.failure in ("die_mid_stream", "stall") and i == config.fail_after_chunks:
+                await self._fail_mid_stream(request)
+            await self._write(response, self._chunk(doc, chat, i, i == config.chunks - 1), sent)
+            if config.chunk_delay_ms:
+                await asyncio.sleep(config.chunk_delay_ms / 1000)
+        options = doc.get("stream_options") or {}
+        if options.get("include_usage"):
+            event = {"id": "cmpl-fake", "object": "chat.completion.chunk", "created": 1,
+                     "model": doc.get("model"), "choices": [], "usage": self._usage(doc)}
+            usage = b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+            self.usage_events.append(usage)
+            await self._write(response, usage, sent)
+        await self._write(response, b"data: [DONE]\n\n", sent)
+
+    async def _fail_mid_stream(self, request: web.Request) -> None:
+        if self.config.failure == "stall":
+            await asyncio.sleep(3600)
+        assert request.transport is not None
+        request.transport.abort()  # the connection drops without the final chunk
+        raise _Died()
+
+    async def _write(self, response: web.StreamResponse, data: bytes, sent: bytearray) -> None:
+        await response.write(data)
+        sent.extend(data)
+
+    async def _close_after_headers(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        assert request.transport is not None
+        request.transport.abort()
+        return response
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="A fake OpenAI-compatible backend for tests and benchmarks.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--secret")
+    parser.add_argument("--model", action="append", dest="models")
+    parser.add_argument("--chunks", type=int, default=5)
+    parser.add_argument("--chunk-delay-ms", type=float, default=0.0)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--embedding-dim", type=int, default=8)
+    parser.add_argument("--failure", choices=FAILURES)
+    parser.add_argument("--no-record", action="store_true", help="Keep nothing in memory (benchmarks).")
+    args = parser.parse_args()
+    config = FakeConfig(models=args.models or ["fake-chat"], secret=args.secret, chunks=args.chunks,
+                        chunk_delay_ms=args.chunk_delay_ms, latency_ms=args.latency_ms,
+                        embedding_dim=args.embedding_dim, failure=args.failure)
+    asyncio.run(_serve(FakeBackend(config), args.host, args.port, args.no_record))
+
+
+async def _serve(backend: FakeBackend, host: str, port: int, no_record: bool) -> None:
+    if no_record:
+        backend.received = _Discard()  # type: ignore[assignment]
+        backend.sent = _Discard()  # type: ignore[assignment]
+    await backend.start(host, port)
+    print(f"fake backend on {backend.url}", flush=True)
+    await asyncio.Event().wait()
+
+
+class _Died(Exception):
+    """The configured mid-stream death happened."""
+
+
+class _Discard(list):  # type: ignore[type-arg]
+    def append(self, item: object) -> None:
+        return None
+
+
+if __name__ == "__main__":
+    main()
