@@ -6,6 +6,7 @@ Errors name the file, the entry and the field, e.g.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tomllib
@@ -62,6 +63,8 @@ class CatalogEntry:
     on_demand: bool = False
     cpus: int = 0
     mem: str = ""
+    # ${VAR}s in weights/command that were unset at load: starting a server needs them.
+    missing_env: tuple[str, ...] = ()
 
     @property
     def public_names(self) -> tuple[str, ...]:
@@ -108,10 +111,12 @@ def resolve_catalog_path(cli_value: str | None, settings_value: str = "") -> Pat
 
 
 def load_catalog(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None,
-                 strict_env: bool = True) -> Catalog:
+                 strict_env: bool = False) -> Catalog:
     """Read and validate PATH; `${VAR}` in weights/command is expanded from ENVIRON.
 
-    strict_env=False leaves unset variables as written (for readers that never start servers).
+    An unset VAR is an error with strict_env; otherwise it stays as written, is listed in the
+    entry's missing_env, and rendering that entry's job fails naming it (so `models` and `down`
+    work without the variables of models they do not start).
     """
     file = Path(path)
     try:
@@ -125,7 +130,7 @@ def load_catalog(path: str | os.PathLike[str], *, environ: Mapping[str, str] | N
 
 
 def catalog_from_dict(data: Mapping[str, Any], source: str, environ: Mapping[str, str],
-                      strict_env: bool = True) -> Catalog:
+                      strict_env: bool = False) -> Catalog:
     """Validate parsed TOML into a Catalog (pure)."""
     unknown = set(data) - {"models"}
     if unknown:
@@ -167,6 +172,7 @@ def _entry(ctx: cf.Ctx, table: Any) -> CatalogEntry:
         on_demand=cf.flag(ctx, t, "on_demand", False), cpus=cf.whole(ctx, t, "cpus", 0),
         mem=cf.text(ctx, t, "mem", ""),
     )
+    entry = dataclasses.replace(entry, missing_env=cf.unset_vars(entry.weights, *entry.command))
     _check_engine(ctx, entry)
     return entry
 

@@ -167,3 +167,8 @@ def expand(ctx: Ctx, field: str, value: str) -> str:
         raise ctx.error(field, f"environment variable {name} is not set (it is used as ${{{name}}})", None)
 
     return _VAR.sub(lookup, value)
+
+
+def unset_vars(*values: str) -> tuple[str, ...]:
+    """Names of ${VAR}s still present in VALUES after expansion."""
+    return tuple(dict.fromkeys(m.group(1) for v in values for m in _VAR.finditer(v)))

@@ -8,7 +8,6 @@ create`, and gets a new deployment row. Nothing is written unless the token matc
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import json
 from dataclasses import dataclass
@@ -19,8 +18,10 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from launcher.db import session_factory, utcnow
+from launcher.keys import hash_key
 from launcher.models import Deployment, RegistrationToken
 from launcher.registry import KINDS
+from router.state import ENGINE
 
 ENGINE_KEY = web.AppKey("registration_engine", Engine)
 # States in which a job's own token may (re)register it; a gone or draining job's token is spent.
@@ -59,8 +60,8 @@ def add_routes(app: web.Application, engine: Engine | None = None) -> None:
 
 
 def token_hash(token: str) -> str:
-    """The stored form of a registration token."""
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+    """The stored form of a registration token (SHA-256, as for API keys)."""
+    return hash_key(token)
 
 
 def _matches(token: str, stored: str | None) -> bool:
@@ -94,10 +95,8 @@ def _in_session(engine: Engine, action: Any, claim: Claim) -> dict[str, Any]:
 def _engine(app: web.Application) -> Engine:
     if ENGINE_KEY in app:
         return app[ENGINE_KEY]
-    # The router keeps its registry engine under its own key; find it rather than import it.
-    for key in app:
-        if isinstance(app[key], Engine):
-            return app[key]  # type: ignore[no-any-return]
+    if ENGINE in app:  # the router's own registry engine (create_app stores it)
+        return app[ENGINE]
     raise Refused(503, "registration is not configured on this router", "unavailable")
 
 
@@ -159,13 +158,15 @@ def deregister(session: Session, claim: Claim) -> dict[str, Any]:
 
 def _claimed_row(session: Session, claim: Claim) -> Deployment:
     if claim.deployment_id is not None:
-        row = session.get(Deployment, claim.deployment_id)
+        rows = [row] if (row := session.get(Deployment, claim.deployment_id)) else []
     else:
+        # Job ids restart when a cluster's state is wiped: the token tells which row is meant.
         query = select(Deployment).where(Deployment.job_id == claim.job_id).order_by(Deployment.id.desc())
-        row = session.scalars(query).first()
-    if row is None or not _matches(claim.token, row.registration_token_hash):
-        raise Refused(401, "invalid registration token", "invalid_token")
-    return row
+        rows = list(session.scalars(query))
+    for row in rows:
+        if _matches(claim.token, row.registration_token_hash):
+            return row
+    raise Refused(401, "invalid registration token", "invalid_token")
 
 
 def _own_row(session: Session, claim: Claim) -> Deployment:
