@@ -79,22 +79,12 @@ def new_session() -> aiohttp.ClientSession:
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
-    rs = state.settings.router
     session = new_session()
-    state.upstream = Upstream(
-        session, connect_timeout_s=rs.connect_timeout_s, stall_timeout_s=rs.stall_timeout_s,
-        retry_after_s=rs.retry_after_s, clock=time.time,
-    )
-    await state.view.refresh()
-    await state.accounting.start()
-    tasks = [
-        asyncio.create_task(state.view.run(rs.registry_refresh_s), name="registry-refresh"),
-        asyncio.create_task(
-            probe_loop(session, lambda: state.view.snapshot.backends.values(), rs.health_interval_s,
-                       rs.health_timeout_s, time.time),
-            name="health-probes",
-        ),
-    ]
+    try:
+        tasks = await _start(state, session)
+    except BaseException:
+        await session.close()
+        raise
     try:
         yield
     finally:
@@ -105,3 +95,22 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                 await task
         await state.accounting.close()
         await session.close()
+
+
+async def _start(state: RouterState, session: aiohttp.ClientSession) -> list[asyncio.Task[None]]:
+    """First snapshot, accounting, then the refresher and the health probes in the background."""
+    rs = state.settings.router
+    state.upstream = Upstream(
+        session, connect_timeout_s=rs.connect_timeout_s, stall_timeout_s=rs.stall_timeout_s,
+        retry_after_s=rs.retry_after_s, clock=time.time,
+    )
+    await state.view.refresh()
+    await state.accounting.start()
+    backends = lambda: state.view.snapshot.backends.values()  # noqa: E731
+    return [
+        asyncio.create_task(state.view.run(rs.registry_refresh_s), name="registry-refresh"),
+        asyncio.create_task(
+            probe_loop(session, backends, rs.health_interval_s, rs.health_timeout_s, time.time),
+            name="health-probes",
+        ),
+    ]

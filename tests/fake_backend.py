@@ -206,7 +206,7 @@ class FakeBackend:
                 await asyncio.sleep(config.chunk_delay_ms / 1000)
         options = doc.get("stream_options") or {}
         if options.get("include_usage"):
-            event = {"id": "cmpl-fake", "object": "chat.completion.chunk", "created": 1,
+            event: dict[str, Any] = {"id": "cmpl-fake", "object": "chat.completion.chunk", "created": 1,
                      "model": doc.get("model"), "choices": [], "usage": self._usage(doc)}
             usage = b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
             self.usage_events.append(usage)
@@ -253,8 +253,8 @@ def main() -> None:
 
 async def _serve(backend: FakeBackend, host: str, port: int, no_record: bool) -> None:
     if no_record:
-        backend.received = _Discard()  # type: ignore[assignment]
-        backend.sent = _Discard()  # type: ignore[assignment]
+        backend.received = _Discard()
+        backend.sent = _Discard()
     await backend.start(host, port)
     print(f"fake backend on {backend.url}", flush=True)
     await asyncio.Event().wait()
