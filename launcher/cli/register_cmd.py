@@ -1,0 +1,123 @@
+"""`llm-launch register` (a server announces itself to the router) and `llm-launch tokens`."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import urllib.error
+import urllib.request
+from datetime import datetime
+from typing import Any
+
+import click
+from sqlalchemy import select
+
+from launcher.cli.context import CliContext, echo_table
+from launcher.cli.options import DateType, Unlimited, future
+from launcher.db import utcnow
+from launcher.keys import hash_key
+from launcher.models import RegistrationToken
+from launcher.registry import KINDS
+
+TOKEN_PREFIX = "rt-"
+
+
+@click.command()
+@click.option("--model", required=True, help="Public model name the server answers to.")
+@click.option("--url", required=True, help="Where the router reaches the server, e.g. http://$(hostname):8001.")
+@click.option("--token", envvar="LLM_LAUNCH_REGISTRATION_TOKEN", required=True,
+              help="Registration token from an admin (better: env LLM_LAUNCH_REGISTRATION_TOKEN, "
+                   "which `ps` does not show).")
+@click.option("--kind", type=click.Choice(KINDS), default="chat", show_default=True)
+@click.option("--secret-env", default="LLM_LAUNCH_BACKEND_SECRET", show_default=True,
+              help="Environment variable holding the server's API key, which the router sends it.")
+@click.option("--router", "router_url", envvar="LLM_LAUNCH_ROUTER_URL",
+              help="Router base URL (default: settings cluster.router_url).")
+@click.option("--deregister", is_flag=True, help="Stop routing to the server (use in an EXIT trap).")
+@click.pass_obj
+def register(ctx: CliContext, model: str, url: str, token: str, kind: str, secret_env: str,
+             router_url: str | None, deregister: bool) -> None:
+    """Register a server you started yourself (e.g. inside your sbatch script) with the router."""
+    base = (router_url or ctx.settings.cluster.router_url).rstrip("/")
+    body: dict[str, Any] = {"token": token, "url": url, "model": model}
+    if deregister:
+        post_json(f"{base}/internal/deregister", body)
+        click.echo(f"deregistered {url}")
+        return
+    body.update(kind=kind, node=socket.gethostname(), secret=os.environ.get(secret_env) or None)
+    answer = post_json(f"{base}/internal/register", body)
+    click.echo(f"registered {model} at {url} (deployment {answer.get('deployment_id')})")
+
+
+def post_json(url: str, body: dict[str, Any], timeout_s: float = 15.0) -> dict[str, Any]:
+    """POST BODY as JSON; the router's error envelope becomes a one-line CLI error."""
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            answer: dict[str, Any] = json.loads(response.read() or b"{}")
+            return answer
+    except urllib.error.HTTPError as exc:
+        raise click.ClickException(f"router refused ({exc.code}): {_message(exc.read())}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise click.ClickException(f"router not reachable at {url}: {reason}") from None
+
+
+def _message(raw: bytes) -> str:
+    try:
+        return str(json.loads(raw)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return raw.decode(errors="replace")[:200] or "no details"
+
+
+@click.group()
+def tokens() -> None:
+    """Registration tokens that let users register servers they start themselves."""
+
+
+@tokens.command()
+@click.option("--model", help="Only this public model name may be registered with it.")
+@click.option("--expires", type=DateType(), help="Expiry (UTC), e.g. 2026-12-31; default: never.")
+@click.pass_obj
+def create(ctx: CliContext, model: str | None, expires: datetime | Unlimited | None) -> None:
+    """Create a registration token and print it once (only its hash is stored)."""
+    expiry = future(expires)
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    now = utcnow()
+    row = RegistrationToken(token_hash=hash_key(token), model=model, created_at=now,
+                            expires_at=expiry if isinstance(expiry, datetime) else None)
+    with ctx.session() as session:
+        session.add(row)
+        session.commit()
+        click.echo(token)
+        click.echo(f"token {row.id}: " + (f"model {model}" if model else "any model")
+                   + (f", expires {row.expires_at:%Y-%m-%d %H:%M} UTC" if row.expires_at else ""), err=True)
+
+
+@tokens.command("list")
+@click.pass_obj
+def list_(ctx: CliContext) -> None:
+    """List registration tokens (never the tokens themselves)."""
+    with ctx.session() as session:
+        rows = list(session.scalars(select(RegistrationToken).order_by(RegistrationToken.id)))
+    echo_table(["id", "model", "expires", "created"],
+               [[r.id, r.model or "any", r.expires_at, r.created_at] for r in rows])
+
+
+@tokens.command()
+@click.argument("token_id", metavar="ID", type=int)
+@click.pass_obj
+def revoke(ctx: CliContext, token_id: int) -> None:
+    """Delete registration token ID; servers already registered with it stay."""
+    with ctx.session() as session:
+        row = session.get(RegistrationToken, token_id)
+        if row is None:
+            raise click.ClickException(f"no registration token with id {token_id}")
+        session.delete(row)
+        session.commit()
+    click.echo(f"revoked registration token {token_id}")

@@ -1,0 +1,112 @@
+"""Job scripts: the #SBATCH lines, secrets kept off argv, masking, and valid bash for every engine."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from launcher.catalog import Catalog, load_catalog, packaged_catalog
+from launcher.render import JobSecrets, JobSpec, RenderError, render_script
+from launcher.settings import ClusterSettings, EngineEnv
+
+SECRETS = JobSecrets(registration_token="reg-token-123", backend_secret="backend-secret-456")
+SPEC = JobSpec(log_dir="/logs", python="/venv/bin/python")
+CLUSTER = ClusterSettings(
+    partition="gpu", account="proj42", qos="high", default_time="02:00:00", cpus_per_gpu=8,
+    mem_per_gpu="64G", router_url="http://router.internal:8000/", port_range=(21000, 21999),
+    signal_lead_s=90, extra_sbatch_args=("--constraint=a100",),
+    engines={"vllm": EngineEnv(setup=("module load cuda/12.4", "source /opt/vllm/bin/activate"))},
+)
+
+
+@pytest.fixture(scope="module")
+def production() -> Catalog:
+    return load_catalog(packaged_catalog("production"), environ={})
+
+
+def sbatch_lines(script: str) -> list[str]:
+    return [line for line in script.splitlines() if line.startswith("#SBATCH")]
+
+
+def test_vllm_job_carries_catalog_and_cluster_settings(production: Catalog) -> None:
+    script = render_script(production.entry("qwen3.5-122b"), CLUSTER, SECRETS, SPEC)
+    lines = sbatch_lines(script)
+    for expected in ("--gres=gpu:4", "--time=24:00:00", "--signal=B:USR1@90", "--no-requeue",
+                     "--partition=gpu", "--account=proj42", "--qos=high", "--constraint=a100",
+                     "--cpus-per-gpu=8", "--mem-per-gpu=64G", "--job-name=llm-qwen3-5-122b",
+                     "--output=/logs/qwen3-5-122b-%j.out"):
+        assert f"#SBATCH {expected}" in lines
+    assert "module load cuda/12.4\nsource /opt/vllm/bin/activate" in script
+    assert "vllm serve Qwen/Qwen3.5-122B-A10B-GPTQ-Int4" in script
+    assert "--served-model-name qwen3.5-122b qwen3.5-122b-nonthinking" in script
+    assert "--tensor-parallel-size 4" in script and "--reasoning-parser qwen3" in script
+    assert "router_url=http://router.internal:8000\n" in script
+    assert "local lo=21000 hi=21999" in script
+
+
+def test_secrets_reach_the_server_by_environment_never_argv(production: Catalog) -> None:
+    script = render_script(production.entry("qwen3.5-122b"), CLUSTER, SECRETS, SPEC)
+    assert "export VLLM_API_KEY=backend-secret-456" in script
+    assert "--api-key" not in script
+    server_line = next(line for line in script.splitlines() if "vllm serve" in line)
+    assert "secret" not in server_line and "token" not in server_line
+    assert script.count("reg-token-123") == 1  # one shell variable, sent on curl's stdin
+
+
+def test_whisper_job_uses_the_project_server_and_its_secret_variable(production: Catalog) -> None:
+    script = render_script(production.entry("whisper-large-v3"), CLUSTER, SECRETS, SPEC)
+    assert "export LLM_LAUNCH_BACKEND_SECRET=backend-secret-456" in script
+    assert "/venv/bin/python -m launcher.whisper_server --model Systran/faster-whisper-large-v3" in script
+    assert "--device cuda" in script and "#SBATCH --gres=gpu:1" in sbatch_lines(script)
+    assert "module load" not in script  # engine setup is per engine
+
+
+def test_masking_hides_both_secrets(production: Catalog) -> None:
+    script = render_script(production.entry("gemma-4-31B-it"), CLUSTER, SECRETS, SPEC, mask=True)
+    assert "backend-secret-456" not in script and "reg-token-123" not in script
+    assert "export VLLM_API_KEY='****'" in script and "registration_token='****'" in script
+
+
+def test_time_override_and_cluster_default(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[models.w]\nengine = "whisper"\nweights = "/w"\n')
+    entry = load_catalog(path).entry("w")
+    assert "#SBATCH --time=02:00:00" in render_script(entry, CLUSTER, SECRETS, SPEC)
+    spec = JobSpec(log_dir="/logs", time_limit="00:01:00")
+    assert "#SBATCH --time=00:01:00" in render_script(entry, CLUSTER, SECRETS, spec)
+    with pytest.raises(RenderError, match="not a Slurm time limit: 'soon'"):
+        render_script(entry, CLUSTER, SECRETS, JobSpec(log_dir="/l", time_limit="soon"))
+
+
+def test_container_prefix_and_catalog_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[models.w]\nengine = "whisper"\nweights = "/w"\ncpus = 4\nmem = "20G"\n'
+                    'env = { OMP_NUM_THREADS = 4 }\n')
+    cluster = ClusterSettings(engines={"whisper": EngineEnv(prefix="apptainer exec --nv /img/w.sif")})
+    script = render_script(load_catalog(path).entry("w"), cluster, SECRETS, SPEC)
+    assert "apptainer exec --nv /img/w.sif python -m launcher.whisper_server" in script
+    assert {"#SBATCH --cpus-per-task=4", "#SBATCH --mem=20G"} <= set(sbatch_lines(script))
+    assert "export OMP_NUM_THREADS=4" in script
+
+
+def test_command_engine_fills_placeholders(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[models.x]\nengine = "command"\nweights = "/models/x y"\n'
+                    'command = ["my-server", "--port={port}", "--model", "{weights}", "--bind", "{host}"]\n')
+    script = render_script(load_catalog(path).entry("x"), ClusterSettings(), SECRETS, SPEC)
+    assert "my-server --port=\"$port\" --model '/models/x y' --bind 0.0.0.0 &" in script
+
+
+def test_unset_weights_variable_fails_rendering_with_its_name() -> None:
+    entry = load_catalog(packaged_catalog("demo"), environ={}).entry("whisper-tiny.en")
+    with pytest.raises(RenderError, match="LLM_LAUNCH_WHISPER_MODEL is not set"):
+        render_script(entry, CLUSTER, SECRETS, SPEC)
+
+
+@pytest.mark.parametrize("model", ["qwen3.5-122b", "whisper-large-v3", "qwen3-embedding-8B"])
+def test_rendered_scripts_are_valid_bash(production: Catalog, model: str) -> None:
+    script = render_script(production.entry(model), CLUSTER, SECRETS, SPEC)
+    done = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True, check=False)
+    assert done.returncode == 0, done.stderr
