@@ -152,7 +152,8 @@ def follow_job(
 
 def final_reason(job: JobInfo) -> str:
     """Slurm's final state first (CANCELLED, TIMEOUT, ...), then what else is known."""
-    detail = f"exit code {job.exit_code}" if job.exit_code else ""
+    # A cancelled or timed-out job's exit code is only the signal that ended it: noise.
+    detail = f"exit code {job.exit_code}" if job.exit_code and job.state in ("FAILED", "COMPLETED") else ""
     if job.state == "NODE_FAIL" and job.node:
         detail = f"node {job.node}"
     return f"{job.state} ({detail})" if detail else job.state

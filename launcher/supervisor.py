@@ -24,7 +24,7 @@ from launcher.db import session_factory, utcnow
 from launcher.models import Deployment, ModelTarget
 from launcher.reconcile import Plan, Policy, Submission, Target, TargetUpdate, reconcile, record_failure
 from launcher.registry import DeploymentRecord, list_deployments
-from launcher.settings import Settings
+from launcher.settings import ClusterSettings, Settings
 from launcher.slurm import SlurmClient, SlurmError
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ _T = TypeVar("_T")
 class Submit(Protocol):
     """How a replica is started (launcher.deploy.submit_deployment's shape)."""
 
-    def __call__(self, session: Session, slurm: SlurmClient, entry: CatalogEntry, settings: Settings, *,
+    def __call__(self, session: Session, slurm: SlurmClient, entry: CatalogEntry, cluster: ClusterSettings, *,
                  predecessor_id: int | None = None, now: datetime) -> DeploymentRecord: ...
 
 
@@ -147,9 +147,10 @@ class Supervisor:
         entry = self.catalog.entries[wanted.model]
         try:
             with make_session() as session:
-                record = self.submit(session, self.slurm, entry, self.settings,
+                record = self.submit(session, self.slurm, entry, self.settings.cluster,
                                      predecessor_id=wanted.predecessor_id, now=now)
-        except (SlurmError, ValueError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any failed start (sbatch, template, log dir) counts
+            # as a failure of this model, so a broken entry backs off and stops instead of spinning
             policy = policy_for(self.catalog, self.settings)
             failure = record_failure(targets[wanted.model], f"submit failed: {exc}", policy, now)
             with_busy_retries(lambda: self._save_failure(make_session, failure, now))
@@ -213,14 +214,14 @@ def with_busy_retries(action: Callable[[], _T], retries: int = _BUSY_RETRIES) ->
     return action()
 
 
-def open_supervisor(settings: Settings, *, db: str | None = None, slurm: SlurmClient | None = None) -> Supervisor:
-    """A supervisor on the configured registry, catalog and Slurm (the edges' one constructor)."""
+def open_supervisor(settings: Settings, engine: Engine | None = None) -> Supervisor:
+    """A supervisor on the configured registry (or ENGINE), catalog and Slurm."""
     from launcher.catalog import load_catalog, resolve_catalog_path
     from launcher.db import open_engine, resolve_db_url
 
-    engine = open_engine(resolve_db_url(db, settings.database))
+    engine = engine or open_engine(resolve_db_url(None, settings.database))
     catalog = load_catalog(resolve_catalog_path(None, settings.cluster.catalog))
-    return Supervisor(engine, slurm or SlurmClient(), catalog, settings)
+    return Supervisor(engine, SlurmClient(), catalog, settings)
 
 
 async def supervise_async(supervisor: Supervisor, interval_s: float) -> None:
@@ -234,11 +235,16 @@ async def supervise_async(supervisor: Supervisor, interval_s: float) -> None:
         await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
 
 
-def supervisor_context(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
-    """An aiohttp cleanup context that supervises inside the router while the app runs."""
+def supervisor_context(
+    settings: Settings, engine: Engine | None = None,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """An aiohttp cleanup context that supervises inside the router while the app runs.
+
+    In router/app.py: `if settings.router.supervise: app.cleanup_ctx.append(supervisor_context(settings, engine))`
+    """
 
     async def context(app: web.Application) -> AsyncIterator[None]:
-        supervisor = await asyncio.to_thread(open_supervisor, settings)
+        supervisor = await asyncio.to_thread(open_supervisor, settings, engine)
         task = asyncio.create_task(supervise_async(supervisor, settings.cluster.reconcile_interval_s))
         yield
         task.cancel()
