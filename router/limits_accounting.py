@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Self
 
 from sqlalchemy import Engine
 
@@ -45,7 +46,7 @@ class LimitsAccounting:
         self._loaded_at = 0.0
 
     @classmethod
-    def from_settings(cls, settings: Settings, engine: Engine) -> LimitsAccounting:
+    def from_settings(cls, settings: Settings, engine: Engine) -> Self:
         """Build from the router settings, on the registry ENGINE."""
         r = settings.router
         ledger = Ledger(engine, flush_s=r.ledger_flush_s, per_request=r.per_request_usage,
@@ -122,6 +123,12 @@ class LimitsAccounting:
             "daily_audio_seconds": _view(lim.daily_audio_seconds, st.today.audio, day_end - now),
         }
 
+    def usage(self, key: KeyRecord, now: float) -> dict[str, dict[str, float]]:
+        """KEY's exact usage today and this month (UTC), as the ledger will have it."""
+        st = self.state(key.id, now)
+        quota.roll(st, now)
+        return {"today": _totals(st.today), "this_month": _totals(st.month)}
+
     async def start(self) -> None:
         """Take limits ownership, reload today's and this month's usage, start the ledger."""
         if self._lock is not None:
@@ -147,6 +154,12 @@ class LimitsAccounting:
 def _view(limit: int | None, used: float, resets_in_s: float) -> WindowView:
     remaining = None if limit is None else max(limit - used, 0)
     return WindowView(limit, used, remaining, round(max(resets_in_s, 0.0), 3))
+
+
+def _totals(t: quota.Totals) -> dict[str, float]:
+    return {"requests": t.requests, "prompt_tokens": t.prompt, "completion_tokens": t.completion,
+            "reasoning_tokens": t.reasoning, "total_tokens": t.tokens,
+            "audio_seconds": round(t.audio, 3)}
 
 
 def _restore(totals: quota.Totals, values: list[float]) -> None:

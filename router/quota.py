@@ -81,11 +81,14 @@ def roll(st: KeyState, now: float) -> None:
 
 
 def reservation(limits: KeyLimits, wanted: int) -> int:
-    """Tokens to reserve: WANTED, capped by the key's tightest token limit so it can ever pass."""
+    """Tokens to reserve: WANTED, capped by the key's tightest token limit so it can ever pass.
+
+    At least 1, so that a limit of 0 (a key suspended by its admin) refuses every request.
+    """
     for cap in (limits.tpm, limits.daily_tokens, limits.monthly_tokens):
         if cap is not None and wanted > cap:
             wanted = cap
-    return wanted
+    return wanted if wanted > 0 else 1
 
 
 def refusal(

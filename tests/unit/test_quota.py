@@ -174,6 +174,19 @@ def test_limits_are_per_key_and_unlimited_keys_get_no_headers() -> None:
 
 
 @pytest.mark.parametrize(
+    "limits",
+    [KeyLimits(rpm=0), KeyLimits(tpm=0), KeyLimits(max_parallel=0), KeyLimits(daily_tokens=0),
+     KeyLimits(monthly_tokens=0)],
+)
+def test_a_zero_limit_refuses_every_request(limits: KeyLimits) -> None:
+    acc, clock = make_accounting(), Clock(T0)
+    for _ in range(2):
+        with pytest.raises(QuotaExceeded):
+            acc.admit(request(limits, prompt=0), clock.now)
+        clock.advance(61)
+
+
+@pytest.mark.parametrize(
     ("seconds", "text"),
     [(0, "0s"), (-3, "0s"), (0.0201, "21ms"), (1, "1s"), (6.2, "7s"), (60, "1m0s"),
      (61, "1m1s"), (3600, "1h0m0s"), (3723, "1h2m3s")],
