@@ -99,8 +99,9 @@ def build_report(rows: Sequence[DeploymentRecord], targets: Mapping[str, Target]
         })
     models = []
     for target in targets.values():
-        alive = sum(1 for r in rows if r.model == target.model and r.state in ("pending", "starting", "ready"))
-        models.append({**asdict(target), "live_replicas": alive})
+        states = [r.state for r in rows if r.model == target.model]
+        models.append({**asdict(target), "ready_replicas": states.count("ready"),
+                       "starting_replicas": states.count("pending") + states.count("starting")})
     return {"router_reachable": live is not None, "deployments": deployments, "models": models}
 
 
@@ -113,14 +114,15 @@ def _echo_report(report: Mapping[str, Any]) -> None:
     else:
         click.echo("no deployments")
     for model in report["models"]:
-        line = f"{model['model']}: {model['live_replicas']} of {model['desired_replicas']} replica(s)"
+        line = (f"{model['model']}: {model['ready_replicas']} ready, {model['starting_replicas']} starting, "
+                f"{model['desired_replicas']} wanted")
         if model["stopped_reason"]:
             line += f"; STOPPED: {model['stopped_reason']}"
         elif model["next_attempt_at"]:
             line += f"; {model['quick_failures']} quick failure(s), next try at {model['next_attempt_at']:%H:%M:%S} UTC"
         click.echo(line)
     if not report["router_reachable"]:
-        click.echo("router not reachable: health and in-flight unknown (-)")
+        click.echo("router status not reachable: health and in-flight unknown (-)")
 
 
 def state_text(d: Mapping[str, Any]) -> str:
