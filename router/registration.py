@@ -21,7 +21,7 @@ from launcher.db import session_factory, utcnow
 from launcher.keys import hash_key
 from launcher.models import Deployment, RegistrationToken
 from launcher.registry import KINDS
-from router.state import ENGINE
+from router.state import ENGINE, VIEW
 
 ENGINE_KEY = web.AppKey("registration_engine", Engine)
 # States in which a job's own token may (re)register it; a gone or draining job's token is spent.
@@ -83,6 +83,8 @@ async def _handle(request: web.Request, action: Any) -> web.Response:
         result = await asyncio.to_thread(_in_session, engine, action, claim)
     except Refused as exc:
         return _error(exc.status, str(exc), exc.code)
+    if VIEW in request.app:  # route to (or stop routing to) it now, not at the next refresh
+        await request.app[VIEW].refresh()
     return web.json_response(result)
 
 
