@@ -116,3 +116,11 @@ async def test_close_flushes_everything_and_totals_reload_per_key(engine: Engine
     today, month = load_totals(engine, now)[1]
     assert today == [2, 10, 5, 2, 3.0]
     assert month == today
+
+
+async def test_throughput_benchmark_runs_in_a_tiny_mode() -> None:
+    from bench.ledger_throughput import admit_finish_us, ledger_rates
+
+    absorbed, end_to_end = await ledger_rates(2000, 10, per_request=True, flush_s=0.01)
+    assert absorbed > 0 and end_to_end > 0
+    assert admit_finish_us(100, 10) > 0
