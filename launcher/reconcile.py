@@ -140,14 +140,19 @@ def follow_job(
         return _set(dep, state="draining", reason=f"job {job.state}"), None
     if job.state in QUEUED:
         return _queued(dep, job, now)
+    if dep.state in ("pending", "starting"):
+        return _starting(dep, job, policy, now)
+    return _set(dep, node=dep.node or job.node, end_time=naive(job.end_time)), None
+
+
+def _starting(dep: DeploymentRecord, job: JobInfo, policy: Policy, now: datetime) -> tuple[RowUpdate | None, Cancel | None]:
+    """A running job whose server has not registered yet: starting, until its deadline."""
     deadline = policy.start_deadline_s.get(dep.model, policy.default_start_deadline_s)
     started = naive(job.start_time)
-    if dep.state in ("pending", "starting") and started and now - started > timedelta(seconds=deadline):
+    if started and now - started > timedelta(seconds=deadline):
         reason = f"not ready within its start deadline ({deadline:g} s)"
         return _gone(dep, reason, now, failure=True), Cancel(dep.id, dep.job_id or "", reason)
-    if dep.state == "pending":
-        return _set(dep, state="starting", reason=None, node=job.node, end_time=naive(job.end_time)), None
-    return _set(dep, node=dep.node or job.node, end_time=naive(job.end_time)), None
+    return _set(dep, state="starting", reason=None, node=job.node, end_time=naive(job.end_time)), None
 
 
 def final_reason(job: JobInfo) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -38,6 +39,9 @@ def supervise(obj: CliContext, interval: float | None, once: bool, catalog_path:
         if summary.error:
             raise click.ClickException(summary.error)
         return
+    # Everything loaded so far lives as long as the process: freezing it keeps the collector's full
+    # passes from walking it, which otherwise doubles a pass's CPU now and then (33 -> 65 ms).
+    gc.freeze()
     stop = threading.Event()
     _stop_on_signals(stop)
     period = interval or obj.settings.cluster.reconcile_interval_s
