@@ -181,14 +181,6 @@ def test_job_not_ready_within_its_start_deadline_is_cancelled(harness: Harness) 
         harness.slurm.cancel(str(other.job_id))
 
 
-def test_job_killed_by_its_time_limit_is_timeout(time_limited: Harness) -> None:
-    row = time_limited.rows("short")[0]
-    assert row.state == "ready"
-    wait_for(lambda: time_limited.slurm.jobs([str(row.job_id)])[str(row.job_id)].finished, 150, "the time limit")
-    time_limited.supervisor.run_once()
-    assert (time_limited.rows("short")[0].state, time_limited.rows("short")[0].reason) == ("gone", "TIMEOUT")
-
-
 def _free_ports(count: int) -> list[int]:
     import socket
 
@@ -309,3 +301,12 @@ def test_repeated_quick_failures_of_a_real_job_stop_with_a_reason(
     assert "3 quick failures" in reason and "FAILED (exit code 3)" in reason
     harness.supervisor.run_once()
     assert len(harness.rows("fake")) == 3  # stopped: nothing more is submitted
+
+
+# Last, so that every test above ran while its job used up its minute.
+def test_job_killed_by_its_time_limit_is_timeout(time_limited: Harness) -> None:
+    row = time_limited.rows("short")[0]
+    assert row.state == "ready"
+    wait_for(lambda: time_limited.slurm.jobs([str(row.job_id)])[str(row.job_id)].finished, 150, "the time limit")
+    time_limited.supervisor.run_once()
+    assert (time_limited.rows("short")[0].state, time_limited.rows("short")[0].reason) == ("gone", "TIMEOUT")
