@@ -182,3 +182,14 @@ def test_slurm_not_reachable_is_a_clear_message(admin: Admin, slurm_cluster: Slu
     assert done.returncode == 1
     assert "Slurm is not reachable" in done.stderr and "Traceback" not in done.stderr
     assert admin.rows() == []
+
+
+def test_up_wait_shows_the_log_of_a_job_that_fails_to_start(admin: Admin) -> None:
+    (admin.tmp / "catalog.toml").write_text(
+        '[models.broken]\nengine = "whisper"\nweights = "/nonexistent/model"\nengine_args = ["--device", "cpu"]\n')
+    done = admin.run("up", "broken", "--wait", "--timeout", "120")
+    assert done.returncode == 1
+    assert "job ended FAILED" in done.stderr
+    assert "the server exited with status 1 before it answered its health check" in done.stderr
+    (row,) = admin.rows()
+    assert row.state == "gone" and "FAILED" in (row.reason or "")
