@@ -135,7 +135,10 @@ def follow_job(
     if job is None:
         return _ended(dep, "vanished: Slurm no longer knows the job", now, policy), None
     if job.finished:
-        return _ended(dep, final_reason(job), now, policy), None
+        ended = _ended(dep, final_reason(job), now, policy)
+        # A job that failed between two passes was never seen running: keep where it ran.
+        node = {"node": job.node} if job.node and not dep.node else {}
+        return replace(ended, changes={**ended.changes, **node}), None
     if job.state in ENDING:
         return _set(dep, state="draining", reason=f"job {job.state}"), None
     if job.state in QUEUED:

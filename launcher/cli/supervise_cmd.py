@@ -25,7 +25,9 @@ from launcher.supervisor import Supervisor
 @click.pass_obj
 def supervise(obj: CliContext, interval: float | None, once: bool, catalog_path: str | None) -> None:
     """Keep deployments in line with Slurm and each model at its desired replica count."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # Our own changes at INFO; libraries (alembic's migration chatter) only when they warn.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("llm_launch").setLevel(logging.INFO)
     try:
         catalog = load_catalog(resolve_catalog_path(catalog_path, obj.settings.cluster.catalog))
     except CatalogError as exc:
