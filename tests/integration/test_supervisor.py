@@ -8,6 +8,7 @@ overlaps the other tests.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -24,6 +25,7 @@ from typing import Any
 
 import openai
 import pytest
+from aiohttp import web
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
@@ -31,11 +33,14 @@ from launcher.catalog import Catalog, CatalogEntry, catalog_from_dict
 from launcher.db import open_engine, session_factory, utcnow
 from launcher.models import Deployment, ModelTarget
 from launcher.registry import DeploymentRecord, new_secret, to_record
-from launcher.settings import ClusterSettings, Settings
+from launcher.settings import ClusterSettings, RouterSettings, Settings
 from launcher.slurm import SlurmClient
 from launcher.supervisor import Supervisor
 from router.registration import Claim, register, token_hash
-from tests.conftest import Registry, RouterHandle
+from launcher.supervisor import supervisor_context
+from router.app import create_app
+from router.serve import start
+from tests.conftest import LoopThread, Registry, RouterHandle
 from tests.integration.slurm_fixtures import SCRIPT, SlurmCluster, slurm_cluster  # noqa: F401
 
 pytestmark = pytest.mark.slurm
@@ -301,6 +306,39 @@ def test_repeated_quick_failures_of_a_real_job_stop_with_a_reason(
     assert "3 quick failures" in reason and "FAILED (exit code 3)" in reason
     harness.supervisor.run_once()
     assert len(harness.rows("fake")) == 3  # stopped: nothing more is submitted
+
+
+def test_supervisor_runs_inside_the_router(
+    slurm_cluster: SlurmCluster, registry: Registry, servers: LoopThread, tmp_path: Path,  # noqa: F811
+) -> None:
+    """settings.router.supervise: the loop runs as a task of the router process, off its event loop."""
+    (port,) = _free_ports(1)
+    command = _real_catalog(FAKE_SERVER).entries["fake"].command
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(f'[models.fake]\nengine = "command"\nweights = "none"\ntime = "10"\n'
+                       f'command = {json.dumps(list(command))}\nenv = {{ LLM_LAUNCH_NODE_HOST = "127.0.0.1" }}\n')
+    settings = Settings(database=registry.url, router=RouterSettings(registry_refresh_s=0.2, accounting=False),
+                        cluster=replace(ClusterSettings(), catalog=str(catalog), reconcile_interval_s=0.5,
+                                        log_dir=str(tmp_path), router_url=f"http://127.0.0.1:{port}"))
+
+    async def boot() -> tuple[web.AppRunner, int]:
+        app = create_app(settings, registry.engine)
+        app.cleanup_ctx.append(supervisor_context(settings, registry.engine))
+        return await start(app, "127.0.0.1", port, 1.0)
+
+    key = registry.add_key("bob")  # before the router starts: it reads keys at its refreshes
+    runner, _ = servers.run(boot())
+    harness = Harness(registry.engine, slurm_cluster.client(), None)  # type: ignore[arg-type]
+    try:
+        harness.want("fake", 1)
+        wait_for(lambda: [r for r in harness.rows("fake") if r.state == "ready"], 30, "a replica the router started")
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+        answer = client.chat.completions.create(model="fake", messages=[{"role": "user", "content": "hi"}])
+        assert answer.choices[0].message.content
+    finally:
+        servers.run(runner.cleanup())
+        for row in harness.rows("fake"):
+            harness.slurm.cancel(str(row.job_id))
 
 
 # Last, so that every test above ran while its job used up its minute.
