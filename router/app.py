@@ -27,6 +27,7 @@ from router.state import ACCOUNTING, ENGINE, SETTINGS, STATE, VIEW, RouterState
 LOG = logging.getLogger("router")
 # Other parts of the project that mount routes when they are installed: module -> add_routes(app).
 ADD_ONS = ("router.registration", "router.me", "router.metrics")
+LOG_FLUSH_S = 0.2
 
 
 def create_app(settings: Settings, engine: Engine, accounting: Accounting | None = None) -> web.Application:
@@ -37,7 +38,7 @@ def create_app(settings: Settings, engine: Engine, accounting: Accounting | None
         client_max_size=max(rs.max_body_bytes, rs.max_json_body_bytes), middlewares=[make_middleware(log)],
     )
     chosen = accounting if accounting is not None else default_accounting(settings, engine)
-    state = RouterState(settings=settings, view=RegistryView(engine), accounting=chosen)
+    state = RouterState(settings=settings, view=RegistryView(engine), accounting=chosen, log=log)
     app[STATE], app[SETTINGS], app[ENGINE] = state, settings, engine
     app[ACCOUNTING], app[VIEW] = chosen, state.view
     app.cleanup_ctx.append(_lifecycle)
@@ -74,7 +75,7 @@ def _mount_add_ons(app: web.Application) -> None:
 def new_session() -> aiohttp.ClientSession:
     """The app's one upstream session: no pool cap, no decompression (bytes pass through)."""
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60)
-    return aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
+    return aiohttp.ClientSession(connector=connector, auto_decompress=False)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -107,7 +108,8 @@ async def _start(state: RouterState, session: aiohttp.ClientSession) -> list[asy
     await state.view.refresh()
     await state.accounting.start()
     backends = lambda: state.view.snapshot.backends.values()  # noqa: E731
-    return [
+    flusher = [asyncio.create_task(state.log.run(LOG_FLUSH_S), name="log-flush")] if state.log else []
+    return flusher + [
         asyncio.create_task(state.view.run(rs.registry_refresh_s), name="registry-refresh"),
         asyncio.create_task(
             probe_loop(session, backends, rs.health_interval_s, rs.health_timeout_s, time.time),

@@ -81,12 +81,12 @@ class Upstream:
     async def forward(self, request: web.Request, pool: Pool, call: Call, outcome: Outcome) -> web.StreamResponse:
         """Send CALL to the best ready backend of POOL, failing over while the client saw nothing."""
         tried: list[Backend] = []
-        failure = _Retry(503, f"No ready backend for model {pool.model!r}; try again shortly")
+        failure: _Retry | None = None
         while True:
             backend = choose(pool.backends, pool.turn, tried)
             pool.turn += 1
             if backend is None:
-                raise self._unavailable(failure, call)
+                raise self._unavailable(failure or _Retry(503, f"No ready backend for model {pool.model!r}"))
             backend.outstanding += 1
             try:
                 return await self._attempt(request, backend, call, outcome)
@@ -96,10 +96,10 @@ class Upstream:
             finally:
                 backend.outstanding -= 1
 
-    def _unavailable(self, failure: _Retry, call: Call) -> RouterError:
-        headers = {**call.headers, "Retry-After": self._retry_after}
+    def _unavailable(self, failure: _Retry) -> RouterError:
         code = "backend_unavailable" if failure.status == 503 else "backend_failed"
-        return RouterError(failure.status, str(failure), code=code, headers=headers)
+        message = f"{failure}; try again shortly"
+        return RouterError(failure.status, message, code=code, headers={"Retry-After": self._retry_after})
 
     async def _attempt(self, request: web.Request, backend: Backend, call: Call, outcome: Outcome) -> web.StreamResponse:
         upstream = await self._open(backend, call, retry_stale=True)

@@ -5,6 +5,7 @@ Never the key itself and never any body text.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TextIO
 
@@ -24,10 +25,12 @@ class RequestContext:
 
 
 class RequestLog:
-    """Writes the access log; the timestamp text is cached per second to keep a line cheap."""
+    """The access log: lines are batched (one write per flush, not one per request)."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, max_pending: int = 256) -> None:
         self._stream = stream
+        self._pending: list[str] = []
+        self._max_pending = max_pending
         self._second = -1
         self._stamp = ""
 
@@ -36,10 +39,28 @@ class RequestLog:
         now = time.time()
         ms = (time.perf_counter() - ctx.started) * 1000.0
         key = "-" if ctx.key_id is None else ctx.key_id
-        self._stream.write(
+        self._pending.append(
             f"{self._timestamp(now)} {ctx.request_id} {method} {path} {ctx.outcome or status} "
             f"model={ctx.model or '-'} {ms:.1f}ms key={key}\n"
         )
+        if len(self._pending) >= self._max_pending:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write out the lines so far."""
+        if self._pending:
+            lines, self._pending = self._pending, []
+            self._stream.write("".join(lines))
+            self._stream.flush()
+
+    async def run(self, interval_s: float) -> None:
+        """Flush every INTERVAL_S seconds, so a quiet router's lines still show up promptly."""
+        try:
+            while True:
+                await asyncio.sleep(interval_s)
+                self.flush()
+        finally:
+            self.flush()
 
     def _timestamp(self, now: float) -> str:
         second = int(now)

@@ -18,7 +18,11 @@ async def start(app: web.Application, host: str, port: int, grace_s: float) -> t
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=grace_s)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
-    await site.start()
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()  # e.g. the port is taken: close what start-up opened
+        raise
     return runner, int(runner.addresses[0][1])
 
 

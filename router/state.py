@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from launcher.settings import Settings
 from router.accounting import Accounting
 from router.proxy import Upstream
+from router.request_log import RequestLog
 from router.snapshot import RegistryView
 
 
@@ -21,6 +22,7 @@ class RouterState:
     view: RegistryView
     accounting: Accounting
     upstream: Upstream | None = None
+    log: RequestLog | None = None
 
 
 STATE = web.AppKey("llm_launch_state", RouterState)

@@ -14,6 +14,7 @@ import orjson
 from router.accounting import Usage
 
 TAIL = 4096
+SMALL = 8192  # bytes: below this a full parse is the cheapest way to the usage
 USAGE_KEY = b'"usage"'
 DURATION_KEY = b'"duration"'
 NULL_USAGE = b'"usage":null'
@@ -21,11 +22,27 @@ NULL_USAGE = b'"usage":null'
 
 def usage_from_json(body: bytes) -> Usage | None:
     """The usage object of a chat, completion, embedding or audio answer; None when absent."""
+    if len(body) <= SMALL:
+        return _usage_of_small(body)
     found = _object_after(body, USAGE_KEY)
     if found is not None:
         return usage_from_object(found)
     duration = _number_after(body, DURATION_KEY)
     return Usage(audio_seconds=duration) if duration is not None else None
+
+
+def _usage_of_small(body: bytes) -> Usage | None:
+    # orjson reads a small answer whole faster than the tail search finds its usage.
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    if "usage" in doc:
+        return usage_from_object(doc["usage"])
+    duration = doc.get("duration")
+    return Usage(audio_seconds=float(duration)) if isinstance(duration, (int, float)) else None
 
 
 def usage_from_object(usage: Any) -> Usage | None:
@@ -69,17 +86,20 @@ def _object_after(body: bytes, key: bytes) -> Any:
 
 
 def _matching_brace(body: bytes, start: int) -> int:
+    """The index of the brace closing the one at START (C-speed finds, no per-byte Python loop)."""
     # Usage objects hold numbers and nested objects only, so strings need no special care.
-    depth = 0
-    for index in range(start, min(len(body), start + TAIL)):
-        char = body[index]
-        if char == 0x7B:
-            depth += 1
-        elif char == 0x7D:
-            depth -= 1
-            if depth == 0:
-                return index
-    return -1
+    depth, at, limit = 0, start, min(len(body), start + TAIL)
+    while True:
+        opening = body.find(b"{", at, limit)
+        closing = body.find(b"}", at, limit)
+        if closing < 0:
+            return -1
+        if 0 <= opening < closing:
+            depth, at = depth + 1, opening + 1
+            continue
+        depth, at = depth - 1, closing + 1
+        if depth == 0:
+            return closing
 
 
 def _number_after(body: bytes, key: bytes) -> float | None:
