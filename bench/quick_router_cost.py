@@ -65,13 +65,20 @@ def floor_proxy(port: int, upstream: str, key: str) -> None:
     async def main() -> None:
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False)
 
-        async def handle(request: web.Request) -> web.Response:
+        async def handle(request: web.Request) -> web.StreamResponse:
             if request.headers.get("Authorization") not in keys:
                 return web.Response(status=401)
             body = await request.read()
             async with session.post(upstream + request.path, data=body,
                                     headers={"Content-Type": "application/json"}) as up:
-                return web.Response(body=await up.read(), status=up.status, content_type=up.content_type)
+                if up.content_type != "text/event-stream":
+                    return web.Response(body=await up.read(), status=up.status, content_type=up.content_type)
+                out = web.StreamResponse(status=up.status, headers={"Content-Type": "text/event-stream"})
+                await out.prepare(request)
+                async for data in up.content.iter_any():
+                    await out.write(data)
+                await out.write_eof()
+                return out
 
         async def health(request: web.Request) -> web.Response:
             return web.Response(text="ok")
@@ -115,17 +122,43 @@ async def load(url: str, key: str, count: int, concurrency: int) -> list[float]:
     return latencies
 
 
+async def streams(url: str, key: str, count: int = 16, rounds: int = 2) -> tuple[float, float]:
+    """COUNT concurrent paced streams, ROUNDS times: p50 time to first chunk (ms), chunks/s per stream."""
+    body = BODY.replace(b'"fake-chat"', b'"fake-stream"').replace(b'"max_tokens":16', b'"stream":true')
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    ttfts: list[float] = []
+    rates: list[float] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def one() -> None:
+            start = time.perf_counter()
+            chunks, first = 0, 0.0
+            async with session.post(url, data=body, headers=headers) as reply:
+                async for data in reply.content.iter_any():
+                    if not first:
+                        first = time.perf_counter()
+                    chunks += data.count(b"data: ")
+            ttfts.append(first - start)
+            rates.append(chunks / (time.perf_counter() - start))
+
+        for _ in range(rounds):
+            await asyncio.gather(*(one() for _ in range(count)))
+    return statistics.median(ttfts) * 1000, statistics.median(rates)
+
+
 def measure(name: str, url: str, pid: int | None, key: str, count: int) -> dict[str, float | str]:
     asyncio.run(load(url, key, 300, 4))  # warm-up: connections, caches
     lat = asyncio.run(load(url, key, count, 1))
     before = cpu_ns(pid) if pid else 0
     asyncio.run(load(url, key, count, 16))
     cpu_us = (cpu_ns(pid) - before) / count / 1000 if pid else 0.0
+    ttft, rate = asyncio.run(streams(url, key))
     return {"target": name, "p50_ms": statistics.median(lat) * 1000,
-            "p99_ms": statistics.quantiles(lat, n=100)[98] * 1000, "cpu_us": cpu_us}
+            "p99_ms": statistics.quantiles(lat, n=100)[98] * 1000, "cpu_us": cpu_us,
+            "ttft_ms": ttft, "chunks_s": rate}
 
 
-def setup_registry(tmp: Path, backend_url: str) -> tuple[str, str]:
+def setup_registry(tmp: Path, backend_url: str, stream_url: str) -> tuple[str, str]:
     sys.path.insert(0, str(ROOT))
     from launcher.db import open_engine, session_factory
     from launcher.keys import create_key
@@ -136,6 +169,7 @@ def setup_registry(tmp: Path, backend_url: str) -> tuple[str, str]:
     engine = open_engine(url)
     with session_factory(engine)() as session:
         add_backend(session, "fake-chat", backend_url)
+        add_backend(session, "fake-stream", stream_url)
         key, _ = create_key(session, "bench", limits=KeyLimits(rpm=10**9, tpm=10**12))
     engine.dispose()
     return url, key
@@ -171,9 +205,10 @@ def run_all(tmp: Path, procs: list[subprocess.Popen[bytes]], count: int) -> None
     (tmp / "settings.toml").write_text("")
     backend_port, floor_port, router_port, bare_port = (free_port() for _ in range(4))
     backend = f"http://127.0.0.1:{backend_port}"
-    spawn(sys.executable, "-m", "tests.fake_backend", "--port", str(backend_port), "--no-record")
+    spawn(sys.executable, "-m", "tests.fake_backend", "--port", str(backend_port), "--no-record",
+          "--model", "fake-chat", "--model", "fake-stream", "--chunks", "50", "--chunk-delay-ms", "10")
     wait_ready(backend + "/health")
-    db, key = setup_registry(tmp, backend)
+    db, key = setup_registry(tmp, backend, backend)
     floor = spawn(sys.executable, __file__, "--floor-proxy", str(floor_port), backend, key)
     cli = [sys.executable, "-c", "from launcher.cli import main; main()", "--db", db, "router"]
     router = spawn(*cli, "--port", str(router_port))
@@ -197,11 +232,17 @@ def run_all(tmp: Path, procs: list[subprocess.Popen[bytes]], count: int) -> None
 
 def report(rows: list[dict[str, float | str]]) -> None:
     direct, floor = float(rows[0]["p50_ms"]), float(rows[1]["cpu_us"])
-    print(f"{'target':28} {'p50 ms':>8} {'p99 ms':>8} {'added p50 ms':>13} {'CPU us/req':>11} {'x floor':>8}")
+    ttft, rate = float(rows[0]["ttft_ms"]), float(rows[0]["chunks_s"])
+    print(f"{'target':28} {'p50 ms':>7} {'p99 ms':>7} {'added p50':>9} {'CPU us/req':>10} {'x floor':>7}"
+          f" {'TTFT ms':>8} {'+TTFT':>6} {'chunks/s':>8} {'x direct':>8}")
     for row in rows:
         cpu = float(row["cpu_us"])
-        print(f"{row['target']:28} {row['p50_ms']:8.3f} {row['p99_ms']:8.3f} "
-              f"{float(row['p50_ms']) - direct:13.3f} {cpu:11.1f} {cpu / floor if cpu else 0:8.2f}")
+        print(f"{row['target']:28} {row['p50_ms']:7.3f} {row['p99_ms']:7.3f} "
+              f"{float(row['p50_ms']) - direct:9.3f} {cpu:10.1f} {cpu / floor if cpu else 0:7.2f}"
+              f" {row['ttft_ms']:8.2f} {float(row['ttft_ms']) - ttft:6.2f} {row['chunks_s']:8.1f}"
+              f" {float(row['chunks_s']) / rate:8.3f}")
+    print("p50/p99: non-streamed chat at concurrency 1; CPU: at concurrency 16, all threads of the proxy;"
+          " streams: 16 concurrent, 50 chunks 10 ms apart")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ def router(ctx: CliContext, host: str | None, port: int | None, no_accounting: b
     settings = with_router_overrides(ctx.settings, overrides, host=host, port=port,
                                      accounting=False if no_accounting else None)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter is not the router's news
     from router.app import create_app
     from router.serve import run
 
