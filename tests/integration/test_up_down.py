@@ -44,6 +44,7 @@ class Admin:
     env: dict[str, str]
     tmp: Path
     registry: Registry
+    key: str = ""
 
     def run(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         return subprocess.run([LLM_LAUNCH, *args], env=self.env, capture_output=True, text=True,
@@ -73,12 +74,13 @@ def whisper_catalog(path: Path) -> None:
 @pytest.fixture
 def admin(slurm_cluster: SlurmCluster, registry: Registry, make_router: Callable[..., RouterHandle],
           tmp_path: Path) -> Iterator[Admin]:
+    key = registry.add_key("user")  # before the router starts, so its first snapshot knows it
     router = make_router(stall_timeout_s=120.0)  # real transcriptions take seconds
     whisper_catalog(tmp_path / "catalog.toml")
     env = {**slurm_cluster.env, "LLM_LAUNCH_CONFIG": str(tmp_path / "settings.toml"),
            "LLM_LAUNCH_DB": registry.url, "LLM_LAUNCH_CATALOG": str(tmp_path / "catalog.toml")}
     env.pop("LLM_LAUNCH_ROUTER_URL", None)
-    admin = Admin(env, tmp_path, registry)
+    admin = Admin(env, tmp_path, registry, key)
     admin.settings(router_url=router.url, log_dir=str(tmp_path / "logs"))
     admin.env["TEST_ROUTER_BASE_URL"] = router.base_url
     yield admin
@@ -96,8 +98,7 @@ def speech(tmp: Path, repeats: int) -> Path:
 
 
 def transcribe(admin: Admin, audio: Path) -> str:
-    key = admin.registry.add_key(f"user-{time.monotonic_ns()}")
-    client = openai.OpenAI(base_url=admin.env["TEST_ROUTER_BASE_URL"], api_key=key, max_retries=0)
+    client = openai.OpenAI(base_url=admin.env["TEST_ROUTER_BASE_URL"], api_key=admin.key, max_retries=0)
     with audio.open("rb") as f:
         return client.audio.transcriptions.create(model=MODEL, file=f).text
 
