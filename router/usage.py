@@ -118,12 +118,13 @@ def _number_after(body: bytes, key: bytes) -> float | None:
 class SseTap:
     """Passes an SSE stream through event by event, taking its usage event out when asked."""
 
-    __slots__ = ("_strip", "_prompt_estimate", "_pending", "events", "usage")
+    __slots__ = ("_strip", "_prompt_estimate", "_pending", "_done", "events", "usage")
 
     def __init__(self, strip_usage: bool, prompt_estimate: int = 0) -> None:
         self._strip = strip_usage
         self._prompt_estimate = prompt_estimate
         self._pending = b""
+        self._done = False  # whether the [DONE] marker went by (it is not a token)
         self.events = 0  # data events seen, the estimate of tokens when no usage arrives
         self.usage: Usage | None = None
 
@@ -136,6 +137,8 @@ class SseTap:
             return b""
         complete, self._pending = data[:end], data[end:]
         self.events += complete.count(b"\n\n") or complete.count(b"\r\n\r\n")
+        if complete.endswith((b"[DONE]\n\n", b"[DONE]\r\n\r\n")):
+            self._done = True
         usages = complete.count(USAGE_KEY)
         if not usages or usages == complete.count(NULL_USAGE):
             return complete
@@ -150,9 +153,8 @@ class SseTap:
         """The backend's usage, or an estimate from the events seen when the stream ended early."""
         if self.usage is not None:
             return self.usage
-        done = 1 if self.events else 0  # the [DONE] marker is not a token
         return Usage(
-            prompt_tokens=self._prompt_estimate, completion_tokens=max(0, self.events - done),
+            prompt_tokens=self._prompt_estimate, completion_tokens=max(0, self.events - self._done),
             estimated=True,
         )
 

@@ -90,5 +90,11 @@ def test_null_usage_in_every_chunk_is_left_alone() -> None:
 def test_stream_cut_short_is_estimated_from_the_events_seen() -> None:
     tap = SseTap(strip_usage=True, prompt_estimate=20)
     run(tap, [b"".join(CONTENT)])
-    assert tap.result() == Usage(prompt_tokens=20, completion_tokens=2, estimated=True)
+    assert tap.result() == Usage(prompt_tokens=20, completion_tokens=3, estimated=True)
     assert SseTap(False).result() == Usage(estimated=True)
+
+
+def test_done_marker_is_not_counted_as_a_token() -> None:
+    tap = SseTap(strip_usage=False)
+    run(tap, [b"".join(CONTENT) + b"data: [DONE]\n\n"])
+    assert tap.result().completion_tokens == 3
