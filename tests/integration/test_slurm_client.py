@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from slurm_fixtures import SlurmCluster, slurm_cluster  # noqa: F401  (fixture)
+from tests.integration.slurm_fixtures import SlurmCluster, slurm_cluster  # noqa: F401  (fixture)
 
 from launcher.slurm import JobInfo, SlurmClient, SlurmError
 
