@@ -251,7 +251,7 @@ def _real_catalog(command: str) -> Catalog:
 
 
 FAKE_SERVER = (f"{shlex.quote(sys.executable)} -m tests.fake_backend --host {{host}} --port {{port}} "
-               '--model fake --secret "$LLM_LAUNCH_BACKEND_SECRET"')
+               '--model fake --secret="$LLM_LAUNCH_BACKEND_SECRET"')  # '=': a secret may start with '-'
 
 
 def real_harness(slurm: SlurmClient, engine: Engine, router_url: str, log_dir: Path, command: str,
