@@ -47,6 +47,24 @@ def test_demo_catalog_expands_weights_from_the_environment() -> None:
     assert all(not e.missing_env for e in catalog.entries.values())
 
 
+def test_demo_catalog_serves_the_api_page_names_on_honest_small_models() -> None:
+    demo = load_catalog(packaged_catalog("demo"), environ=DEMO_ENV)
+    production = load_catalog(packaged_catalog("production"), environ={})
+    public = {n for e in production.entries.values() for n in e.public_names}
+    assert public <= {n for e in demo.entries.values() for n in e.public_names}
+    chat = demo.entry("qwen3.5-122b")
+    assert chat.name == "smollm2-135m" and chat.base_model == "SmolLM2-135M-Instruct"
+    assert "smollm2-135m" in chat.public_names and chat.served_name == "smollm2-135m"
+    nonthinking = demo.public_name("qwen3.5-122b-nonthinking")
+    assert nonthinking is not None and dict(nonthinking.defaults) == {
+        "temperature": 0.7, "top_p": 0.8, "presence_penalty": 1.5,
+        "chat_template_kwargs": {"enable_thinking": False}}
+    gemma = demo.public_name("gemma-4-31B-it")
+    assert gemma is not None and dict(gemma.defaults) == {"temperature": 1.0, "top_p": 0.95, "top_k": 64}
+    assert demo.entry("qwen3-embedding-8B").base_model == "all-MiniLM-L6-v2"
+    assert demo.entry("whisper-large-v3").public_names == ("whisper-large-v3", "whisper-tiny.en")
+
+
 def test_unset_variable_is_named_when_strict_and_remembered_otherwise() -> None:
     with pytest.raises(CatalogError, match=r"demo.toml: \[models.smollm2-135m\] weights: environment "
                                            r"variable LLM_LAUNCH_CHAT_MODEL is not set"):
