@@ -229,14 +229,14 @@ def test_node_set_down_marks_its_jobs_gone(private_cluster: SlurmCluster, tmp_pa
         harness.slurm.set_node_state(node, "DOWN", "supervisor test")
         try:
             wait_for(lambda: [r.state for r in harness.rows("short")[:2]] == ["gone"] * 2, 10, "both gone")
-            replacements = wait_for(lambda: harness.rows("short")[2:], 10, "replacements")
+            wait_for(lambda: len(harness.rows("short")) == 4, 10, "two replacements")
         finally:
             harness.slurm.set_node_state(node, "RESUME")
-        wait_for(lambda: [r.state for r in harness.rows("short")[2:]] == ["starting"] * 2, 30, "replacements run")
+        wait_for(lambda: [r.state for r in harness.rows("short")[2:]] == ["starting"] * 2, 60, "replacements run")
     finally:
         halt()
     assert [r.reason for r in harness.rows("short")[:2]] == [f"NODE_FAIL (node {node})"] * 2
-    assert len(replacements) == 2 and harness.target("short").quick_failures == 0
+    assert harness.target("short").quick_failures == 0  # a lost node is not the model's failure
 
 
 # --- through the real job templates (launcher.deploy), the fake backend as the server ---
