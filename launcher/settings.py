@@ -32,6 +32,9 @@ class RouterSettings:
     registry_refresh_s: float = 1.0
     ledger_flush_s: float = 1.0
     request_log: bool = True
+    log_format: str = "text"  # "text" or "json" (JSON lines: no key, no text)
+    # Output tokens a quota reserves for a request without max_tokens (capped by the model's limit).
+    default_reserve_tokens: int = 4096
     per_request_usage: bool = False
     usage_retention_days: int = 30
     supervise: bool = False
@@ -60,7 +63,7 @@ class ClusterSettings:
     port_range: tuple[int, int] = (20000, 29999)
     catalog: str = ""
     start_deadline_s: int = 900
-    reconcile_interval_s: float = 5.0
+    reconcile_interval_s: float = 2.0
     # A job that fails before it is ready, or within quick_failure_s of being ready, is a quick
     # failure: the next try waits backoff_base_s * 2**(n-1) (at most backoff_max_s), and after
     # max_quick_failures in a row the supervisor stops starting the model and says why.

@@ -20,28 +20,41 @@ from router.endpoints import add_routes
 from router.errors import make_middleware
 from router.health import probe_loop
 from router.proxy import Upstream
-from router.request_log import RequestLog
+from router.errors import Observer
+from router.names import load_names
+from router.request_log import make_request_log
 from router.snapshot import RegistryView
 from router.state import ACCOUNTING, ENGINE, SETTINGS, STATE, VIEW, RouterState
 
 LOG = logging.getLogger("router")
 # Other parts of the project that mount routes when they are installed: module -> add_routes(app).
-ADD_ONS = ("router.registration", "router.me", "router.metrics")
+ADD_ONS = ("router.registration", "router.me", "router.metrics", "router.openapi", "router.admin")
 LOG_FLUSH_S = 0.2
 
 
 def create_app(settings: Settings, engine: Engine, accounting: Accounting | None = None) -> web.Application:
-    """The router app; accounting None means the quota module's, or none when it is absent or off."""
+    """The router app; accounting None means the quota module's, or none when it is absent or off.
+
+    Reads the catalog named by settings `cluster.catalog` once (none: public name == model).
+    """
     rs = settings.router
-    log = RequestLog(sys.stderr) if rs.request_log else None
+    log = make_request_log(rs.log_format, sys.stderr) if rs.request_log else None
+    observers: list[Observer] = [log.write] if log else []
     app = web.Application(
-        client_max_size=max(rs.max_body_bytes, rs.max_json_body_bytes), middlewares=[make_middleware(log)],
+        client_max_size=max(rs.max_body_bytes, rs.max_json_body_bytes), middlewares=[make_middleware(observers)],
     )
+    names = load_names(settings.cluster.catalog)
     chosen = accounting if accounting is not None else default_accounting(settings, engine)
-    state = RouterState(settings=settings, view=RegistryView(engine), accounting=chosen, log=log)
+    state = RouterState(settings=settings, view=RegistryView(engine, names), accounting=chosen, log=log,
+                        names=names, observers=observers)
     app[STATE], app[SETTINGS], app[ENGINE] = state, settings, engine
     app[ACCOUNTING], app[VIEW] = chosen, state.view
     app.cleanup_ctx.append(_lifecycle)
+    if rs.supervise:
+        # Imported here: a router without the supervisor never loads the Slurm side.
+        from launcher.supervisor import supervisor_context
+
+        app.cleanup_ctx.append(supervisor_context(settings, engine))
     add_routes(app)
     _mount_add_ons(app)
     return app
