@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 import tomllib
 from typing import Any
 
 import click
 
+from launcher.catalog import CatalogError
 from launcher.cli.context import CliContext
 from launcher.settings import RouterSettings, Settings, SettingsError, settings_from_dict
 
@@ -19,24 +21,42 @@ from launcher.settings import RouterSettings, Settings, SettingsError, settings_
 @click.option("--port", type=int, help="Port to listen on (settings: router.port).")
 @click.option("--no-accounting", is_flag=True, help="No quotas and no usage ledger (benchmarks, development).")
 @click.option(
+    "--catalog", metavar="PATH|production|demo",
+    help="Model catalog for public names, defaults and limits (default: env LLM_LAUNCH_CATALOG, "
+         "else settings cluster.catalog; none: a model's name is its public name).",
+)
+@click.option(
     "--set", "overrides", multiple=True, metavar="NAME=VALUE",
     help="Override any [router] setting, e.g. --set stall_timeout_s=600 (repeatable).",
 )
 @click.pass_obj
-def router(ctx: CliContext, host: str | None, port: int | None, no_accounting: bool,
+def router(ctx: CliContext, host: str | None, port: int | None, no_accounting: bool, catalog: str | None,
            overrides: tuple[str, ...]) -> None:
     """Run the router until SIGTERM or Ctrl-C; requests in flight get router.grace_period_s to finish."""
     settings = with_router_overrides(ctx.settings, overrides, host=host, port=port,
                                      accounting=False if no_accounting else None)
+    chosen = catalog or os.environ.get("LLM_LAUNCH_CATALOG")
+    if chosen:
+        settings = dataclasses.replace(settings, cluster=dataclasses.replace(settings.cluster, catalog=chosen))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter is not the router's news
     from router.app import create_app
     from router.serve import run
 
     rs = settings.router
-    app = create_app(settings, ctx.engine)
-    run(app, rs.host, rs.port, rs.grace_period_s,
-        ready=lambda bound: click.echo(f"router listening on http://{rs.host}:{bound}/v1", err=True))
+    try:
+        app = create_app(settings, ctx.engine)
+    except (CatalogError, SettingsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    from router.ownership import LimitsOwnershipError
+
+    try:
+        run(app, rs.host, rs.port, rs.grace_period_s,
+            ready=lambda bound: click.echo(f"router listening on http://{rs.host}:{bound}/v1", err=True))
+    except LimitsOwnershipError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # the port is taken or the address is not ours
+        raise click.ClickException(f"cannot listen on {rs.host}:{rs.port}: {exc.strerror or exc}") from None
 
 
 def with_router_overrides(settings: Settings, overrides: tuple[str, ...], **given: Any) -> Settings:
