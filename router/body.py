@@ -39,6 +39,8 @@ def _parse_slow(body: bytes) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RouterError(400, f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:  # nesting deeper than both parsers go: refuse it, do not crash
+        raise RouterError(400, "The request body is nested too deeply", code="invalid_json") from None
 
 
 def inspect(doc: dict[str, Any]) -> JsonRequest:

@@ -102,6 +102,9 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(err)
     except web.HTTPException as exc:
         return _from_http_exception(exc)
+    except web.RequestPayloadError:  # e.g. a body that is not the gzip its header claims
+        message = "The request body could not be read: its Content-Encoding does not match it, or it was cut short"
+        return error_response(RouterError(400, message, code="invalid_body"))
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:

@@ -120,10 +120,11 @@ def _parse(body: bytes) -> Claim:
 
 
 def _whole(value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    # Bounded to SQLite's 64-bit INTEGER: a larger id names no row, and would crash the lookup.
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
         return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
     raise Refused(400, "deployment_id must be a whole number", "invalid_request")
 
 
