@@ -24,6 +24,7 @@ from launcher import whisper_formats as wf
 
 SAMPLE_RATE = 16_000
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # OpenAI caps audio at 25 MB; leave room for the form
+AUDIO_SECONDS = "x-audio-seconds"  # response header: seconds of decoded audio (router/usage.py reads it)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -225,11 +226,15 @@ def audio_handler(task: str) -> Handler:
 
 
 def respond(transcript: wf.Transcript, options: wf.Options) -> web.Response:
-    """Render the transcript in the asked format."""
+    """Render the transcript in the asked format; `x-audio-seconds` gives the audio's length in all of them.
+
+    text, srt and vtt bodies have no usage object: the header is how the router bills them.
+    """
     body, content_type = wf.render(transcript, options)
+    headers = {AUDIO_SECONDS: f"{transcript.duration:.3f}"}
     if isinstance(body, dict):
-        return web.json_response(body)
-    return web.Response(text=body, content_type=content_type)
+        return web.json_response(body, headers=headers)
+    return web.Response(text=body, content_type=content_type, headers=headers)
 
 
 def create_app(config: ServerConfig, transcriber: Transcriber) -> web.Application:

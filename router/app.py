@@ -17,11 +17,10 @@ from sqlalchemy import Engine
 from launcher.settings import Settings
 from router.accounting import Accounting, NoAccounting
 from router.endpoints import add_routes
-from router.errors import make_middleware
+from router.errors import Observer, make_middleware
 from router.health import probe_loop
-from router.proxy import Upstream
-from router.errors import Observer
 from router.names import load_names
+from router.proxy import Upstream
 from router.request_log import make_request_log
 from router.snapshot import RegistryView
 from router.state import ACCOUNTING, ENGINE, SETTINGS, STATE, VIEW, RouterState

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC
 from typing import Awaitable, Callable
 
 import orjson
@@ -14,9 +13,13 @@ from launcher.keys import KeyRecord
 from router.accounting import QuotaExceeded, RequestInfo
 from router.auth import authenticate, check_model
 from router.body import form_field, inspect, parse_json, with_include_usage
+from router.defaults import apply_route, reservation
 from router.errors import CTX, RouterError
+from router.model_list import list_entries
+from router.model_status import model_status, unavailable
+from router.names import Route
 from router.proxy import Call, Outcome
-from router.snapshot import Backend
+from router.snapshot import Pool
 from router.state import STATE, RouterState
 
 JSON_ENDPOINTS = {
@@ -44,6 +47,11 @@ def json_handler(endpoint: str) -> Handler:
         body = await read_body(request, state.settings.router.max_json_body_bytes)
         doc = parse_json(body)
         fields = inspect(doc)
+        route = state.names.routes.get(fields.model)
+        max_tokens = fields.max_tokens
+        if route is not None:  # a catalog name: its defaults, its limit, the server's own name
+            body, doc = apply_route(body, doc, route)
+            max_tokens = _reserve(state, endpoint, inspect(doc).max_tokens, route)
         strip = fields.stream and endpoint in STREAM_USAGE and not fields.client_wants_usage
         if strip:
             body = with_include_usage(body, doc)
@@ -52,10 +60,17 @@ def json_handler(endpoint: str) -> Handler:
         call = Call(request.path, body, content_type, stream=fields.stream, strip_usage=strip,
                     prompt_estimate=estimate, headers={"x-request-id": request[CTX].request_id})
         info = RequestInfo(request[CTX].request_id, key, fields.model, endpoint, estimate,
-                           fields.max_tokens, fields.stream)
+                           max_tokens, fields.stream)
         return await dispatch(request, state, info, call)
 
     return handle
+
+
+def _reserve(state: RouterState, endpoint: str, asked: int, route: Route) -> int:
+    """Output tokens to reserve: what the request asks, else up to the model's limit (capped)."""
+    if endpoint not in STREAM_USAGE:  # embeddings produce no output tokens
+        return asked
+    return reservation(asked, route.max_tokens, state.settings.router.default_reserve_tokens)
 
 
 def audio_handler(endpoint: str) -> Handler:
@@ -90,14 +105,14 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 async def dispatch(request: web.Request, state: RouterState, info: RequestInfo, call: Call) -> web.StreamResponse:
     """Model checks, admission, forwarding; `finish` runs exactly once for an admitted request."""
-    request[CTX].model = info.model
+    ctx = request[CTX]
+    ctx.model, ctx.endpoint = info.model, info.endpoint
     check_model(info.key, info.model)
-    pool = state.view.snapshot.pools.get(info.model)
-    if pool is None:
-        raise RouterError(404, f"The model {info.model!r} does not exist", param="model", code="model_not_found")
+    pool = ready_pool(state, info.model)
     try:
         admission = state.accounting.admit(info, time.time())
     except QuotaExceeded as exc:
+        ctx.refusal = exc
         headers = {**exc.headers, "Retry-After": str(exc.retry_after_s)}
         raise RouterError(429, str(exc), code="rate_limit_exceeded", headers=headers) from None
     call.headers.update(admission.headers)
@@ -110,28 +125,37 @@ async def dispatch(request: web.Request, state: RouterState, info: RequestInfo, 
         err.headers = {**call.headers, **err.headers}
         raise
     finally:
-        request[CTX].outcome = outcome.status
+        ctx.outcome, ctx.usage, ctx.backend = outcome.status, outcome.usage, outcome.backend
+        if outcome.first_at is not None:
+            ctx.ttft_s = outcome.first_at - ctx.started
         state.accounting.finish(admission, outcome.status, outcome.usage, outcome.backend, time.time())
+
+
+def ready_pool(state: RouterState, model: str) -> Pool:
+    """The pool serving public name MODEL with a replica ready; else 404 (unknown) or 503 (not ready)."""
+    names, pools = state.names, state.view.snapshot.pools
+    route = names.routes.get(model)
+    if route is None and names.hidden(model):
+        known = ", ".join(names.entries[model].public_names)
+        raise RouterError(404, f"The model {model!r} does not exist; its public names are: {known}",
+                          param="model", code="model_not_found")
+    pool = pools.get(route.pool if route is not None else model)
+    if pool is not None:
+        for backend in pool.backends:
+            if backend.routable:
+                return pool
+    elif route is None:
+        raise RouterError(404, f"The model {model!r} does not exist", param="model", code="model_not_found")
+    status = model_status(pool.backends if pool is not None else ())
+    raise unavailable(model, status, time.time(), state.settings.router.retry_after_s)
 
 
 async def list_models(request: web.Request) -> web.Response:
     """GET /v1/models: the models this key may use, in OpenAI's list shape, with their status."""
     key = authorized(request)
-    pools = request.app[STATE].view.snapshot.pools
-    data = [_model_entry(pool.model, pool.backends) for name, pool in sorted(pools.items()) if key.allows(name)]
+    state = request.app[STATE]
+    data = list_entries(state.names, state.view.snapshot, key)
     return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
-
-
-def _model_entry(model: str, members: tuple[Backend, ...]) -> dict[str, object]:
-    if any(b.routable for b in members):
-        status = "ready"
-    elif any(b.record.state in ("pending", "starting") for b in members):
-        status = "loading"
-    else:
-        status = "offline"
-    times = [b.record.ready_at or b.record.updated_at for b in members]
-    created = int(min(times).replace(tzinfo=UTC).timestamp()) if times else 0
-    return {"id": model, "object": "model", "created": created, "owned_by": "llm-launch", "status": status}
 
 
 async def health(request: web.Request) -> web.Response:

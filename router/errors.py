@@ -13,11 +13,13 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from router.request_log import RequestContext, RequestLog
+from router.request_log import RequestContext
 
 LOG = logging.getLogger("router")
 CTX = web.RequestKey("llm_launch_ctx", RequestContext)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Told about every finished request: method, path, final status, context (log lines, metrics).
+Observer = Callable[[str, str, int, RequestContext], None]
 
 # The type OpenAI's own API uses for each status the router produces.
 TYPES = {
@@ -72,8 +74,11 @@ def request_ids() -> Iterator[str]:
     return (f"{prefix}{n:08x}" for n in itertools.count())
 
 
-def make_middleware(log: RequestLog | None) -> Middleware:
-    """The middleware: request id, error translation to the envelope, one log line."""
+def make_middleware(observers: list[Observer]) -> Middleware:
+    """The middleware: request id, error translation to the envelope, then OBSERVERS (log, metrics).
+
+    OBSERVERS is read per request, so add-ons mounted after the app was made can join it.
+    """
 
     made = request_ids()
 
@@ -89,8 +94,8 @@ def make_middleware(log: RequestLog | None) -> Middleware:
                 response.headers["x-request-id"] = ctx.request_id
             return response
         finally:
-            if log is not None:
-                log.write(request.method, request.path, status, ctx)
+            for observe in observers:
+                observe(request.method, request.path, status, ctx)
 
     return middleware
 

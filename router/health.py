@@ -57,18 +57,40 @@ def apply(backend: Backend, new: HealthState) -> None:
 
 
 async def probe(session: aiohttp.ClientSession, backend: Backend, timeout: aiohttp.ClientTimeout) -> str:
-    """Probe BACKEND the way its kind allows; '' when ready, else why not."""
-    kind = backend.record.kind
-    path = "/health" if kind == "transcription" else "/v1/models"
+    """Probe BACKEND without generating anything (no GPU time); '' when ready, else why not.
+
+    Transcription servers answer /health. vLLM answers /health (its engine is alive) and lists
+    its served names on /v1/models (the right model, and our secret opens it); other servers
+    registered by hand only the latter. A chat answer is never asked for, so a reasoning model
+    whose test answer would have empty `content` cannot look unhealthy.
+    """
+    for path in probe_paths(backend.record.kind, backend.record.engine):
+        reason = await _probe_path(session, backend, path, timeout)
+        if reason:
+            return reason
+    return ""
+
+
+async def _probe_path(session: aiohttp.ClientSession, backend: Backend, path: str, timeout: aiohttp.ClientTimeout) -> str:
     try:
         async with session.get(backend.url + path, headers=backend.headers, timeout=timeout) as resp:
-            if resp.status != 200:
-                return f"{path} answered {resp.status}"
-            if kind == "transcription":
-                return ""
-            return _missing_model(await resp.read(), backend.model)
+            return probe_verdict(path, resp.status, await resp.read(), backend.served_name)
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         return f"{path}: {type(exc).__name__} {exc}".strip()
+
+
+def probe_paths(kind: str, engine: str) -> tuple[str, ...]:
+    """What to GET to tell whether a server of KIND on ENGINE is ready."""
+    if kind == "transcription":
+        return ("/health",)
+    return ("/health", "/v1/models") if engine == "vllm" else ("/v1/models",)
+
+
+def probe_verdict(path: str, status: int, body: bytes, served_name: str) -> str:
+    """Whether a probe answer means ready ('') or why not (pure)."""
+    if status != 200:
+        return f"{path} answered {status}"
+    return _missing_model(body, served_name) if path == "/v1/models" else ""
 
 
 def _missing_model(body: bytes, model: str) -> str:

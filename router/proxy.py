@@ -8,6 +8,7 @@ reached the client. A client that goes away closes the upstream connection, so t
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Awaitable, Callable
 
 import aiohttp
@@ -18,7 +19,7 @@ from router.balancer import choose
 from router.errors import CLIENT_GONE, RouterError, envelope
 from router.health import after_failure, apply
 from router.snapshot import Backend, Pool
-from router.usage import SseTap, usage_from_json
+from router.usage import AUDIO_SECONDS, SseTap, usage_from_audio_header, usage_from_json
 
 NO_USAGE = Usage()
 SSE = "text/event-stream"
@@ -45,14 +46,15 @@ class Call:
 
 
 class Outcome:
-    """How a forwarded request ended, for the ledger: the status, usage and backend."""
+    """How a forwarded request ended, for the ledger and metrics: status, usage, backend, first chunk."""
 
-    __slots__ = ("status", "usage", "backend")
+    __slots__ = ("status", "usage", "backend", "first_at")
 
     def __init__(self) -> None:
         self.status = CLIENT_GONE
         self.usage = NO_USAGE
         self.backend: str | None = None
+        self.first_at: float | None = None  # perf_counter() when a stream's first chunk arrived
 
 
 class _Retry(Exception):
@@ -106,7 +108,7 @@ class Upstream:
         try:
             if call.stream and upstream.status == 200 and upstream.content_type == SSE:
                 first = await self._read(upstream.content.readany(), backend)
-                outcome.backend = backend.url
+                outcome.backend, outcome.first_at = backend.url, time.perf_counter()
                 return await self._relay_stream(request, upstream, first, backend, call, outcome)
             body = await self._read(upstream.read(), backend)
         except BaseException:
@@ -199,7 +201,9 @@ def _respond(upstream: aiohttp.ClientResponse, body: bytes, call: Call, outcome:
     """The backend's answer as it was: status, content type and body unchanged."""
     outcome.status = upstream.status
     if upstream.status == 200:
-        outcome.usage = usage_from_json(body) or NO_USAGE
+        # text/srt/vtt transcriptions have no usage in the body: their audio length is a header.
+        usage = usage_from_json(body) or usage_from_audio_header(upstream.headers.get(AUDIO_SECONDS))
+        outcome.usage = usage or NO_USAGE
     headers = {**call.headers, "Content-Type": upstream.headers.get("Content-Type", "application/json")}
     return web.Response(body=body, status=upstream.status, headers=headers)
 

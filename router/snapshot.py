@@ -15,9 +15,10 @@ from sqlalchemy import Engine, func, select
 
 from launcher.db import session_factory
 from launcher.keys import KeyRecord, list_keys
-from launcher.models import ApiKey, Deployment
+from launcher.models import ApiKey, Deployment, ModelTarget
 from launcher.registry import DeploymentRecord, list_deployments
 from router.health import HealthState
+from router.names import Names
 
 LOG = logging.getLogger("router.registry")
 
@@ -25,11 +26,12 @@ LOG = logging.getLogger("router.registry")
 class Backend:
     """One deployment as the router routes to it: its record, its load and its health."""
 
-    __slots__ = ("record", "model", "url", "headers", "outstanding", "health", "routable")
+    __slots__ = ("record", "model", "served_name", "url", "headers", "outstanding", "health", "routable")
 
-    def __init__(self, record: DeploymentRecord) -> None:
+    def __init__(self, record: DeploymentRecord, model: str | None = None, served_name: str | None = None) -> None:
         self.record = record
-        self.model = record.model
+        self.model = model or record.model  # the pool: the catalog entry's name when there is one
+        self.served_name = served_name or self.model  # what the server's /v1/models lists
         self.url = record.url or ""
         # Built once: the backend's secret is its bearer token; the client's key never goes upstream.
         self.headers: dict[str, str] = {"Accept-Encoding": "identity"}
@@ -69,22 +71,27 @@ class Pool:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Keys by SHA-256 hash, and pools of backends by model name; replaced, never mutated."""
+    """Keys by SHA-256 hash, pools of backends by model, wanted replicas; replaced, never mutated."""
 
     keys: Mapping[str, KeyRecord] = field(default_factory=dict)
     pools: Mapping[str, Pool] = field(default_factory=dict)
     backends: Mapping[int, Backend] = field(default_factory=dict)
+    targets: Mapping[str, int] = field(default_factory=dict)  # desired replicas by model (`up`)
 
 
-def merge_backends(old: Mapping[int, Backend], records: Sequence[DeploymentRecord]) -> dict[int, Backend]:
+def merge_backends(
+    old: Mapping[int, Backend], records: Sequence[DeploymentRecord], names: Names | None = None,
+) -> dict[int, Backend]:
     """New backends for RECORDS, keeping load and health of those whose server did not change."""
+    names = names or Names()
     merged: dict[int, Backend] = {}
     for record in records:
         backend = old.get(record.id)
         if backend is not None and backend.same_server(record):
             backend.update(record)
         else:
-            backend = Backend(record)
+            pool = names.pool_key(record.model)
+            backend = Backend(record, pool, names.served_name(pool))
         merged[record.id] = backend
     return merged
 
@@ -104,9 +111,10 @@ def build_pools(backends: Mapping[int, Backend], old: Mapping[str, Pool]) -> dic
 class RegistryView:
     """Holds the current snapshot and reloads it from the registry when the registry changed."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, names: Names | None = None) -> None:
         self.snapshot = Snapshot()
         self._sessions = session_factory(engine)
+        self._names = names or Names()
         self._fingerprint: tuple[Any, ...] | None = None
 
     async def refresh(self) -> bool:
@@ -114,10 +122,10 @@ class RegistryView:
         loaded = await asyncio.to_thread(self._load_if_changed)
         if loaded is None:
             return False
-        keys, records = loaded
-        backends = merge_backends(self.snapshot.backends, records)
+        keys, records, targets = loaded
+        backends = merge_backends(self.snapshot.backends, records, self._names)
         pools = build_pools(backends, self.snapshot.pools)
-        self.snapshot = Snapshot(keys=keys, pools=pools, backends=backends)
+        self.snapshot = Snapshot(keys=keys, pools=pools, backends=backends, targets=targets)
         return True
 
     async def run(self, interval_s: float) -> None:
@@ -129,15 +137,16 @@ class RegistryView:
             except Exception as exc:  # the router keeps serving from the last snapshot
                 LOG.warning("registry refresh failed, serving the last snapshot: %s", exc)
 
-    def _load_if_changed(self) -> tuple[dict[str, KeyRecord], list[DeploymentRecord]] | None:
+    def _load_if_changed(self) -> tuple[dict[str, KeyRecord], list[DeploymentRecord], dict[str, int]] | None:
         with self._sessions() as session:
             fingerprint = tuple(session.execute(_FINGERPRINT).one())
             if fingerprint == self._fingerprint:
                 return None
             keys = {record.key_hash: record for record in list_keys(session)}
             records = list_deployments(session)
+            targets = {m: n for m, n in session.execute(select(ModelTarget.model, ModelTarget.desired_replicas))}
         self._fingerprint = fingerprint
-        return keys, records
+        return keys, records, targets
 
 
 # Every writer bumps updated_at, so counts and latest change times tell whether to reload.
@@ -146,4 +155,6 @@ _FINGERPRINT = select(
     select(func.max(ApiKey.updated_at)).scalar_subquery(),
     select(func.count(Deployment.id)).scalar_subquery(),
     select(func.max(Deployment.updated_at)).scalar_subquery(),
+    select(func.count(ModelTarget.model)).scalar_subquery(),
+    select(func.max(ModelTarget.updated_at)).scalar_subquery(),
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from sqlalchemy import Engine
@@ -10,6 +10,8 @@ from sqlalchemy import Engine
 from launcher.settings import Settings
 from router.accounting import Accounting
 from router.proxy import Upstream
+from router.errors import Observer
+from router.names import Names
 from router.request_log import RequestLog
 from router.snapshot import RegistryView
 
@@ -23,6 +25,9 @@ class RouterState:
     accounting: Accounting
     upstream: Upstream | None = None
     log: RequestLog | None = None
+    names: Names = field(default_factory=Names)  # public model names, from the catalog
+    # Called once per finished request (access log, metrics); the middleware holds this list.
+    observers: list[Observer] = field(default_factory=list)
 
 
 STATE = web.AppKey("llm_launch_state", RouterState)

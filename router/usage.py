@@ -7,6 +7,7 @@ every other byte as the backend sent it.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
@@ -18,6 +19,7 @@ SMALL = 8192  # bytes: below this a full parse is the cheapest way to the usage
 USAGE_KEY = b'"usage"'
 DURATION_KEY = b'"duration"'
 NULL_USAGE = b'"usage":null'
+AUDIO_SECONDS = "x-audio-seconds"  # set by launcher/whisper_server.py on every answer
 
 
 def usage_from_json(body: bytes) -> Usage | None:
@@ -29,6 +31,20 @@ def usage_from_json(body: bytes) -> Usage | None:
         return usage_from_object(found)
     duration = _number_after(body, DURATION_KEY)
     return Usage(audio_seconds=duration) if duration is not None else None
+
+
+def usage_from_audio_header(value: str | None) -> Usage | None:
+    """Usage from a whisper server's `x-audio-seconds` header (plain text, srt, vtt answers).
+
+    Billed in whole seconds rounded up, like the `usage` object of its JSON answers.
+    """
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return Usage(audio_seconds=float(math.ceil(seconds))) if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def _usage_of_small(body: bytes) -> Usage | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,10 +128,15 @@ class FakeBackend:
                                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     async def _audio(self, request: web.Request) -> web.Response:
-        await self._record(request)
+        body = await self._record(request)
         if (denied := self._denied(request)) is not None:
             return denied
-        return self._send_json({"text": "hello from the fake whisper", "usage": {"type": "duration", "seconds": 3}})
+        text = "hello from the fake whisper"
+        if _form_value(body, "response_format") in ("text", "srt", "vtt"):
+            # like launcher/whisper_server.py: no usage in a plain answer, the length is a header
+            self.sent.append(text.encode())
+            return web.Response(text=text, content_type="text/plain", headers={"x-audio-seconds": "2.4"})
+        return self._send_json({"text": text, "usage": {"type": "duration", "seconds": 3}})
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -232,6 +238,16 @@ class FakeBackend:
         return response
 
 
+def _form_value(body: bytes, name: str) -> str | None:
+    """A text field of a multipart body, found the simple way (fields the tests send are short)."""
+    marker = f'name="{name}"'.encode()
+    at = body.find(marker)
+    if at < 0:
+        return None
+    start = body.find(b"\r\n\r\n", at) + 4
+    return body[start:body.find(b"\r\n", start)].decode()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="A fake OpenAI-compatible backend for tests and benchmarks.")
     parser.add_argument("--host", default="127.0.0.1")
@@ -257,7 +273,12 @@ async def _serve(backend: FakeBackend, host: str, port: int, no_record: bool) ->
         backend.sent = _Discard()
     await backend.start(host, port)
     print(f"fake backend on {backend.url}", flush=True)
-    await asyncio.Event().wait()
+    # TERM (a job's drain or scancel): stop listening, finish the requests in flight, exit 0,
+    # as the `command` engine asks of its servers.
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await backend.stop()
 
 
 class _Died(Exception):
