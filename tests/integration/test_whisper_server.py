@@ -161,3 +161,13 @@ def test_garbage_audio_is_400_envelope(server: str) -> None:
 def test_health_open_models_listed(server: str) -> None:
     assert requests.get(f"{server}/health", timeout=10).status_code == 200
     assert [m.id for m in _client(server).models.list()] == ["whisper-1"]
+
+
+@pytest.mark.parametrize("fmt", ["json", "text", "srt", "vtt", "verbose_json"])
+def test_every_format_says_its_audio_seconds_in_a_header(server: str, clip: Path, fmt: str) -> None:
+    # text, srt and vtt have no usage object: the router bills them by this header
+    with clip.open("rb") as f:
+        reply = requests.post(f"{server}/v1/audio/transcriptions", headers={"Authorization": f"Bearer {SECRET}"},
+                              files={"file": f}, data={"model": "whisper-1", "response_format": fmt}, timeout=120)
+    assert reply.status_code == 200
+    assert 2.0 < float(reply.headers["x-audio-seconds"]) < 5.0
