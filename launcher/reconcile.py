@@ -11,6 +11,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+from launcher import handover as ho
+from launcher.handover import Drain, Handover
+from launcher.maintenance import active, describe
 from launcher.registry import DeploymentRecord
 from launcher.slurm_parse import JobInfo
 
@@ -45,6 +48,8 @@ class Policy:
     max_quick_failures: int = 3
     backoff_base_s: float = 30.0
     backoff_max_s: float = 900.0
+    handover: Handover = field(default_factory=lambda: Handover({}))
+    on_demand: frozenset[str] = frozenset()  # models whose ready replicas drain when wanted at 0
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,7 @@ class Submission:
     model: str
     reason: str
     predecessor_id: int | None = None
+    time_limit_min: int | None = None  # shorter than usual: a maintenance window follows
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,8 @@ class Plan:
     cancels: tuple[Cancel, ...] = ()
     submissions: tuple[Submission, ...] = ()
     targets: tuple[TargetUpdate, ...] = ()
+    drains: tuple[Drain, ...] = ()
+    notes: tuple[str, ...] = ()  # warnings that hold while their cause does (log each once)
 
 
 def reconcile(
@@ -115,17 +123,50 @@ def reconcile(
     for dep in deployments:
         by_model.setdefault(dep.model, []).append(dep)
     submissions: list[Submission] = []
+    notes = ho.late_successors(deployments, states, policy.handover, now)
     for model, target in targets.items():
         target = _effective(target, new_targets.get(model))
         more, surplus, stop = _scale(target, by_model.get(model, []), states, policy, now)
+        more, note = _timed(more, policy, now)
         submissions += more
+        notes += [note] if note else []
         new_targets.update({model: stop} if stop else {})
         # A surplus row's gone update replaces any refresh planned for it above.
         dropped = {dep.id for dep, _ in surplus}
         updates = [u for u in updates if u.deployment_id not in dropped] if dropped else updates
         updates += [_gone(dep, why, now) for dep, why in surplus]
         cancels += [Cancel(dep.id, dep.job_id or "", why) for dep, why in surplus]
-    return Plan(tuple(updates), tuple(cancels), tuple(submissions), tuple(new_targets.values()))
+    drain_updates, drains = _drains(deployments, states, targets, policy)
+    updates += drain_updates
+    return Plan(tuple(updates), tuple(cancels), tuple(submissions), tuple(new_targets.values()),
+                tuple(drains), tuple(notes))
+
+
+def _drains(deployments: Sequence[DeploymentRecord], states: Mapping[int, str], targets: Mapping[str, Target],
+            policy: Policy) -> tuple[list[RowUpdate], list[Drain]]:
+    """Predecessors whose successor serves, and on-demand replicas no longer wanted: draining."""
+    chosen = [(old, f"handed over to #{new_id}") for old, new_id in ho.drains(deployments, states)]
+    idle = {m for m, t in targets.items() if t.desired_replicas == 0 and m in policy.on_demand}
+    chosen += [(d, "idle: on-demand model no longer wanted") for d in deployments
+               if d.model in idle and d.job_id and states[d.id] == "ready"]
+    updates = []
+    for dep, why in chosen:
+        changes = {"state": "draining", "reason": why}
+        updates.append(RowUpdate(dep.id, "ready", changes, _message(dep, changes)))
+    return updates, [Drain(dep.id, dep.job_id or "", why) for dep, why in chosen]
+
+
+def _timed(more: list[Submission], policy: Policy, now: datetime) -> tuple[list[Submission], str]:
+    """Submissions fitted before the next maintenance window: a shorter --time, or none (and why)."""
+    if not more or not policy.handover.windows:
+        return more, ""
+    window = active(policy.handover.windows, now)
+    if window is not None:
+        return [], f"{more[0].model}: no new job during {describe(window)}"
+    minutes, why = ho.successor_time(more[0].model, policy.handover, now)
+    if why:
+        return [], why
+    return [replace(s, time_limit_min=minutes) for s in more], ""
 
 
 def follow_job(
@@ -247,9 +288,18 @@ def _bookkeeping(
     for dep in deployments:
         target = targets.get(dep.model)
         proven = dep.state == "ready" and dep.ready_at is not None and dep.ready_at <= settled
-        if target and proven and target.quick_failures and dep.model not in result:
+        if target and proven and target.quick_failures and dep.model not in result and _after(dep, target):
             result[dep.model] = TargetUpdate(dep.model, 0, None, None, f"{dep.model}: healthy again")
     return result
+
+
+def _after(dep: DeploymentRecord, target: Target) -> bool:
+    """Whether DEP was started after the model's failures: a replica that served all along (whose
+    successors keep failing) proves nothing, and must not reset the backoff or lift a stop."""
+    if target.stopped_reason:
+        return False
+    retry = target.next_attempt_at
+    return retry is None or (dep.submitted_at is not None and dep.submitted_at >= retry)
 
 
 def _effective(target: Target, update: TargetUpdate | None) -> Target:
@@ -272,6 +322,9 @@ def _scale(
     live = [d for d in live if d.id not in replaced]
     desired = target.desired_replicas
     missing = desired - len(live)
+    # Nor does one inside its lead time: it gets a successor (when the count wants it).
+    due = ho.expiring(live, states, policy.handover, now) if missing >= 0 else []
+    missing += len(due)
     if missing < 0:
         waiting = sorted((d for d in live if states[d.id] != "ready"), key=lambda d: d.id, reverse=True)
         why = f"surplus: {target.model} wants {desired} replica(s)"
@@ -283,4 +336,12 @@ def _scale(
         return [], [], TargetUpdate(target.model, target.quick_failures, None, stop, stop)
     # After a failure, probe with one job rather than a burst.
     count = 1 if target.quick_failures else missing
-    return [Submission(target.model, f"{len(live)} of {desired} replica(s)")] * count, [], None
+    return _successors(target.model, due, policy, now)[:count] + [
+        Submission(target.model, f"{len(live) - len(due)} of {desired} replica(s)")
+    ] * max(0, count - len(due)), [], None
+
+
+def _successors(model: str, due: Sequence[DeploymentRecord], policy: Policy, now: datetime) -> list[Submission]:
+    lead = policy.handover.lead(model)
+    return [Submission(model, f"successor of #{d.id}: {ho.time_left(d, now) or 0:.0f} s left, lead {lead:.0f} s",
+                       predecessor_id=d.id) for d in due]

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
+from launcher.maintenance import parse_windows
+
 
 class SettingsError(Exception):
     """A settings file that cannot be used; the message names the file and the key."""
@@ -38,6 +40,11 @@ class RouterSettings:
     per_request_usage: bool = False
     usage_retention_days: int = 30
     supervise: bool = False
+    # Scale from zero (catalog `on_demand = true`): a request for a model with no replica waits
+    # this long for the one it triggers, then gets 503 with Retry-After; an on-demand model
+    # without requests for on_demand_idle_s is drained and its target returns to 0.
+    on_demand_wait_s: float = 60.0
+    on_demand_idle_s: float = 1800.0
     # Quotas and the usage ledger; off only for benchmarks and development.
     accounting: bool = True
 
@@ -72,6 +79,25 @@ class ClusterSettings:
     backoff_base_s: float = 30.0
     backoff_max_s: float = 900.0
     signal_lead_s: int = 120
+    # Successors: a ready job's successor is submitted when its time left falls under the lead
+    # time: the slowest recent submit-to-ready time of the model (the successor_lead_percentile
+    # of its last successor_lead_history jobs) plus the margin, never under the floor.
+    successor_lead_floor_s: float = 600.0
+    successor_lead_margin_s: float = 120.0
+    successor_lead_percentile: float = 90.0
+    successor_lead_history: int = 20
+    # A successor not ready when its predecessor has this little time left is reported.
+    successor_late_s: float = 300.0
+    # Routing near a job's end: no new request to a replica with less time left than
+    # drain_threshold_s, nor one whose worst case (max_tokens at the model's measured decode
+    # rate, at most max_request_duration_s) outlasts it while another replica has the time.
+    drain_threshold_s: float = 60.0
+    max_request_duration_s: float = 900.0
+    # Planned maintenance, each "START/END" in ISO 8601 (UTC unless an offset is given), e.g.
+    # "2025-06-03T08:00Z/2025-06-03T18:00Z": no successor runs into one, and requests during it
+    # get a 503 naming its end. maintenance_from_slurm adds Slurm's MAINT reservations.
+    maintenance_windows: tuple[str, ...] = ()
+    maintenance_from_slurm: bool = False
     extra_sbatch_args: tuple[str, ...] = ()
     engines: Mapping[str, EngineEnv] = field(default_factory=dict)
 
@@ -149,6 +175,10 @@ def settings_from_dict(data: Mapping[str, Any], source: str = "<settings>") -> S
     )
     if top:
         raise SettingsError(f"{source}: unknown setting(s): {', '.join(sorted(top))}")
+    try:
+        parse_windows(settings.cluster.maintenance_windows)
+    except ValueError as exc:
+        raise SettingsError(f"{source}: [cluster] maintenance_windows: {exc}") from None
     return settings
 
 

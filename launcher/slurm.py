@@ -10,6 +10,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import TypeVar
 
+from launcher.maintenance import Window, parse_reservations
 from launcher.slurm_parse import (
     JobInfo,
     NodeInfo,
@@ -113,6 +114,12 @@ class SlurmClient:
     def update_time_limit(self, job_id: str, minutes: int) -> None:
         """Set a job's time limit (whole minutes: Slurm's unit); raising it needs admin rights."""
         self._run(["scontrol", "update", f"jobid={job_id}", f"timelimit={int(minutes)}"])
+
+    def reservations(self) -> tuple[Window, ...]:
+        """Slurm's MAINT reservations (maintenance windows), by `scontrol show reservation -o`."""
+        text = self._run(["scontrol", "show", "reservation", "-o"])
+        tz = datetime.now().astimezone().tzinfo
+        return parse_reservations(text, tz) if tz else ()
 
     def ping(self) -> bool:
         """True when slurmctld answers."""

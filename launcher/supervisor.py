@@ -22,6 +22,9 @@ from sqlalchemy.orm import Session
 from launcher.catalog import Catalog, CatalogEntry
 from launcher.db import session_factory, utcnow
 from launcher.models import Deployment, ModelTarget
+from launcher.handover import Handover
+from launcher.lead_times import handover_policy, recent_startups, windows_at
+from launcher.maintenance import Window, parse_windows
 from launcher.reconcile import Plan, Policy, Submission, Target, TargetUpdate, reconcile, record_failure
 from launcher.registry import DeploymentRecord
 from launcher.settings import ClusterSettings, Settings
@@ -42,6 +45,14 @@ class Submit(Protocol):
                  predecessor_id: int | None = None, now: datetime) -> DeploymentRecord: ...
 
 
+class TimedSubmit(Protocol):
+    """A Submit that also takes a --time (minutes), for jobs that must end before a window."""
+
+    def __call__(self, session: Session, slurm: SlurmClient, entry: CatalogEntry, cluster: ClusterSettings, *,
+                 time_limit: str | None = None, predecessor_id: int | None = None,
+                 now: datetime) -> DeploymentRecord: ...
+
+
 @dataclass(frozen=True)
 class PassSummary:
     """What one reconcile pass did and cost."""
@@ -56,7 +67,7 @@ class PassSummary:
     error: str | None = None
 
 
-def policy_for(catalog: Catalog, settings: Settings) -> Policy:
+def policy_for(catalog: Catalog, settings: Settings, handover: Handover | None = None) -> Policy:
     """The reconcile knobs from the catalog (start deadlines) and the cluster settings."""
     cluster = settings.cluster
     deadlines = {name: float(e.start_deadline) for name, e in catalog.entries.items() if e.start_deadline}
@@ -64,7 +75,8 @@ def policy_for(catalog: Catalog, settings: Settings) -> Policy:
         launchable=frozenset(catalog.entries), start_deadline_s=deadlines,
         default_start_deadline_s=cluster.start_deadline_s, quick_failure_s=cluster.quick_failure_s,
         max_quick_failures=cluster.max_quick_failures, backoff_base_s=cluster.backoff_base_s,
-        backoff_max_s=cluster.backoff_max_s,
+        backoff_max_s=cluster.backoff_max_s, handover=handover or handover_policy(catalog, cluster, {}),
+        on_demand=frozenset(name for name, e in catalog.entries.items() if e.on_demand),
     )
 
 
@@ -85,15 +97,20 @@ class Supervisor:
     settings: Settings
     submit: Submit = field(default_factory=_default_submit)
     _last_error: str | None = field(default=None, repr=False)
+    _notes: frozenset[str] = field(default=frozenset(), repr=False)
+    _reservations: tuple[Window, ...] = field(default=(), repr=False)
+    _reservations_read: float = field(default=-1e9, repr=False)
 
     def run_once(self, now: datetime | None = None) -> PassSummary:
         """One pass: exactly one Slurm query, one write transaction, then cancels and submissions."""
         wall, cpu, commands = time.perf_counter(), time.process_time(), self.slurm.commands_run
         now = now or utcnow()
         make_session = session_factory(self.engine)
+        cluster = self.settings.cluster
         with make_session() as session:
             # Rows first, then Slurm: a job submitted in between must not look vanished.
             rows, targets = live_records(session), load_targets(session)
+            startups = recent_startups(session, cluster.successor_lead_history)
         try:
             jobs = self.slurm.jobs()
         except SlurmError as exc:
@@ -101,9 +118,12 @@ class Supervisor:
             return PassSummary(len(rows), 0, 0, 0, self.slurm.commands_run - commands,
                                time.perf_counter() - wall, time.process_time() - cpu, str(exc))
         self._report_error(None)
-        plan = reconcile(rows, jobs, targets, policy_for(self.catalog, self.settings), now)
+        handover = handover_policy(self.catalog, cluster, startups, self.windows(now))
+        plan = reconcile(rows, jobs, targets, policy_for(self.catalog, self.settings, handover), now)
         applied = with_busy_retries(lambda: self._apply(make_session, plan, now))
         cancelled = self._cancel(plan, applied)
+        self._drain(plan, applied)
+        self._report_notes(plan.notes)
         submitted = sum(self._submit(make_session, s, targets, now) for s in plan.submissions)
         return PassSummary(len(rows), len(applied), submitted, cancelled, self.slurm.commands_run - commands,
                            time.perf_counter() - wall, time.process_time() - cpu)
@@ -145,14 +165,42 @@ class Supervisor:
                 LOG.error("scancel %s (%s) failed: %s", cancel.job_id, cancel.reason, exc)
         return done
 
+    def _drain(self, plan: Plan, applied: set[int]) -> None:
+        """USR1 to the batch shell of each job now marked draining: it deregisters, finishes, exits 0."""
+        for drain in plan.drains:
+            if drain.deployment_id not in applied:
+                continue
+            try:
+                self.slurm.cancel(drain.job_id, signal="USR1", batch_only=True)
+            except SlurmError as exc:
+                LOG.error("drain of job %s (%s) failed: %s", drain.job_id, drain.reason, exc)
+
+    def _report_notes(self, notes: tuple[str, ...]) -> None:
+        """Log each warning once, when it first holds."""
+        for note in notes:
+            if note not in self._notes:
+                LOG.warning("%s", note)
+        self._notes = frozenset(notes)
+
+    def windows(self, now: datetime) -> tuple[Window, ...]:
+        """Maintenance windows: the settings', plus Slurm's MAINT reservations (read once a minute)."""
+        cluster = self.settings.cluster
+        if cluster.maintenance_from_slurm and time.monotonic() - self._reservations_read > 60:
+            self._reservations_read = time.monotonic()
+            try:
+                self._reservations = self.slurm.reservations()
+            except SlurmError as exc:
+                LOG.warning("cannot read Slurm reservations, keeping the last ones: %s", exc)
+        return windows_at(sorted(parse_windows(cluster.maintenance_windows) + self._reservations,
+                                 key=lambda w: w.start), now)
+
     def _submit(self, make_session: Callable[[], Session], wanted: Submission,
                 targets: Mapping[str, Target], now: datetime) -> int:
         """Start one replica; a failed sbatch counts as a quick failure of the model."""
         entry = self.catalog.entries[wanted.model]
         try:
             with make_session() as session:
-                record = self.submit(session, self.slurm, entry, self.settings.cluster,
-                                     predecessor_id=wanted.predecessor_id, now=now)
+                record = self._submit_one(session, entry, wanted, now)
         except Exception as exc:  # noqa: BLE001 - any failed start (sbatch, template, log dir) counts
             # as a failure of this model, so a broken entry backs off and stops instead of spinning
             policy = policy_for(self.catalog, self.settings)
@@ -162,6 +210,14 @@ class Supervisor:
             return 0
         LOG.info("%s: submitted job %s (deployment %d; %s)", wanted.model, record.job_id, record.id, wanted.reason)
         return 1
+
+    def _submit_one(self, session: Session, entry: CatalogEntry, wanted: Submission, now: datetime) -> DeploymentRecord:
+        if wanted.time_limit_min is None:
+            return self.submit(session, self.slurm, entry, self.settings.cluster,
+                               predecessor_id=wanted.predecessor_id, now=now)
+        timed: TimedSubmit = self.submit  # type: ignore[assignment]  # the default submit takes --time
+        return timed(session, self.slurm, entry, self.settings.cluster, time_limit=str(wanted.time_limit_min),
+                     predecessor_id=wanted.predecessor_id, now=now)
 
     @staticmethod
     def _save_failure(make_session: Callable[[], Session], failure: TargetUpdate, now: datetime) -> None:
