@@ -34,7 +34,7 @@ _ABSENT, _UNCHANGED = object(), object()
 def _fill(given: Any, default: Any) -> Any:
     if given is _ABSENT:
         return _copy(default)
-    if isinstance(given, dict) and isinstance(default, Mapping):
+    if isinstance(given, dict) and isinstance(default, dict):  # TOML tables load as dicts
         missing = {k: v for k, v in default.items() if k not in given}
         return {**given, **missing} if missing else _UNCHANGED
     return _UNCHANGED
@@ -42,7 +42,7 @@ def _fill(given: Any, default: Any) -> Any:
 
 def _copy(value: Any) -> Any:
     # Defaults are shared by every request: hand out copies of mutable values.
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         return {k: _copy(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_copy(v) for v in value]
