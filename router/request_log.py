@@ -56,8 +56,8 @@ class RequestLog:
         ms = (time.perf_counter() - ctx.started) * 1000.0
         key = "-" if ctx.key_id is None else ctx.key_id
         self._pending.append(
-            f"{self._timestamp(now)} {ctx.request_id} {method} {path} {ctx.outcome or status} "
-            f"model={ctx.model or '-'} {ms:.1f}ms key={key}\n"
+            f"{self._timestamp(now)} {ctx.request_id} {method} {_field(path)} {ctx.outcome or status} "
+            f"model={_field(ctx.model or '-')} {ms:.1f}ms key={key}\n"
         )
         if len(self._pending) >= self._max_pending:
             self.flush()
@@ -85,6 +85,13 @@ class RequestLog:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
         return self._stamp
+
+
+def _field(text: str) -> str:
+    """TEXT as one log field: a client's CR, LF or space (in a model name, a decoded path) cannot forge lines."""
+    if text.isprintable() and " " not in text:
+        return text
+    return text.encode("unicode_escape").decode("ascii").replace(" ", "\\x20")
 
 
 class JsonRequestLog(RequestLog):
