@@ -325,3 +325,21 @@ def wait_for(check: Callable[[], bool], tries: int = 100) -> None:
         time.sleep(0.05)
     raise AssertionError("the router never saw the change")
 
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--catalog", "{tmp}/missing.toml"], "catalog file not found"),
+    (["--set", 'log_format="xml"'], "log_format"),
+])
+def test_router_command_refuses_a_bad_catalog_or_log_format(registry: Registry, tmp_path: Path, args: list[str],
+                                                            message: str) -> None:
+    from click.testing import CliRunner
+
+    from launcher.cli import main
+
+    (tmp_path / "settings.toml").write_text("")
+    argv = ["--db", registry.url, "router", "--no-accounting", *(a.format(tmp=tmp_path) for a in args)]
+    result = CliRunner().invoke(main, argv, env={"LLM_LAUNCH_CONFIG": str(tmp_path / "settings.toml"),
+                                                 "LLM_LAUNCH_CATALOG": None})
+    assert result.exit_code == 1 and message in result.output
+    assert "Traceback" not in result.output
