@@ -66,9 +66,12 @@ async def _stream(request: web.Request, up: aiohttp.ClientResponse) -> web.Strea
     """Copy an SSE answer through as its chunks arrive."""
     response = web.StreamResponse(status=up.status, headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
-    async for chunk in up.content.iter_any():
-        await response.write(chunk)
-    await response.write_eof()
+    try:
+        async for chunk in up.content.iter_any():
+            await response.write(chunk)
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the client went away; leaving the `async with` closes the upstream request
     return response
 
 

@@ -79,39 +79,47 @@ def run_wrk(url: str, key: str, body: str, work: Path, connections: int, seconds
 
 @dataclass(frozen=True)
 class StreamResult:
-    streams: int
-    chunks: int
-    seconds: float
-    ttft_p50_ms: float
+    """TTFTs of every stream, the per-stream delivery rates, and how many streams failed."""
+
+    streams: int  # at once
+    ttfts: tuple[float, ...]
+    rates: tuple[float, ...]  # chunks/s of each stream, first chunk to last
     errors: int
 
     @property
+    def ttft_p50_ms(self) -> float:
+        return statistics.median(self.ttfts) * 1000 if self.ttfts else float("nan")
+
+    @property
     def chunks_per_s(self) -> float:
-        return self.chunks / self.seconds if self.seconds else 0.0
+        """The median stream's rate times the streams at once: what they receive together."""
+        return statistics.median(self.rates) * self.streams if self.rates else float("nan")
 
 
 async def _one_stream(session: aiohttp.ClientSession, url: str, body: bytes, key: str,
-                      expect: int, delay_s: float) -> tuple[float, int, bool]:
-    """(time to first token, chunks, ok) for one streamed chat request started after DELAY_S."""
+                      expect: int, delay_s: float) -> tuple[float, float, bool]:
+    """(time to first token, chunks/s from first to last chunk, ok) for one streamed request."""
     await asyncio.sleep(delay_s)
-    start, first, chunks = time.perf_counter(), 0.0, 0
+    start, first, last, chunks = time.perf_counter(), 0.0, 0.0, 0
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     try:
         async with session.post(url, data=body, headers=headers) as resp:
             if resp.status != 200:
-                return 0.0, 0, False
+                return 0.0, 0.0, False
             async for line in resp.content:
                 if line.startswith(b"data: {"):
                     chunks += 1
-                    first = first or time.perf_counter() - start
+                    last = time.perf_counter()
+                    first = first or last
     except (aiohttp.ClientError, asyncio.TimeoutError):
-        return first, chunks, False
-    return first, chunks, chunks >= expect
+        return 0.0, 0.0, False
+    rate = (chunks - 1) / (last - first) if chunks > 1 and last > first else 0.0
+    return first - start, rate, chunks >= expect
 
 
 async def run_streams(url: str, key: str, model: str, streams: int, chunks: int,
-                      interval_ms: float) -> StreamResult:
-    """STREAMS concurrent streams of CHUNKS chunks INTERVAL_MS apart; TTFT, chunks/s, errors.
+                      interval_ms: float, batches: int = 1) -> StreamResult:
+    """BATCHES x STREAMS concurrent streams of CHUNKS chunks INTERVAL_MS apart.
 
     Starts are spread evenly over one chunk interval, as users' requests arrive: a burst of
     simultaneous starts would measure the queue in front of the proxy, not its added latency.
@@ -121,15 +129,12 @@ async def run_streams(url: str, key: str, model: str, streams: int, chunks: int,
                        "messages": [{"role": "user", "content": "hi"}]}).encode()
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
+    results: list[tuple[float, float, bool]] = []
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        start = time.perf_counter()
-        results = await asyncio.gather(
-            *(_one_stream(session, url, body, key, chunks, i * interval_ms / 1000 / streams)
-              for i in range(streams)))
-        seconds = time.perf_counter() - start
-    firsts = [r[0] for r in results if r[0] > 0]
-    return StreamResult(
-        streams=streams, chunks=sum(r[1] for r in results), seconds=seconds,
-        ttft_p50_ms=statistics.median(firsts) * 1000 if firsts else float("nan"),
-        errors=sum(1 for r in results if not r[2]),
-    )
+        for _ in range(batches):
+            results += await asyncio.gather(
+                *(_one_stream(session, url, body, key, chunks, i * interval_ms / 1000 / streams)
+                  for i in range(streams)))
+    ok = [r for r in results if r[2]]
+    return StreamResult(streams=streams, ttfts=tuple(r[0] for r in ok),
+                        rates=tuple(r[1] for r in ok), errors=len(results) - len(ok))

@@ -15,7 +15,7 @@ from pathlib import Path
 from bench.measure import Figures
 
 Results = dict[str, list[Figures]]
-COLUMNS = ("direct", "floor", "nginx", "router", "router-noacct")
+COLUMNS = ("direct", "floor", "nginx", "router", "router-noacct", "router-gc")
 ROWS = (
     ("startup_ms", "start-up to /health answering (ms)"),
     ("p50_us", "latency p50, c=1 (µs)"),
@@ -28,7 +28,7 @@ ROWS = (
     ("embed_rps", "embeddings requests/s, c=16"),
     ("ttft_ms", "paced streams: TTFT p50 (ms)"),
     ("added_ttft_ms", "paced streams: TTFT over direct (ms)"),
-    ("chunks_s", "paced streams: chunks/s (all streams)"),
+    ("chunks_s", "paced streams: chunks/s (median stream x streams)"),
     ("errors", "errors (all phases)"),
     ("rss_mb", "peak RSS (MB)"),
 )
@@ -92,6 +92,8 @@ def machine() -> list[str]:
         f"- machine: nproc={os.cpu_count()}, {cpu}, kernel {platform.release()}, "
         f"Python {platform.python_version()}",
         f"- tools: {_version(['wrk', '--version']) or 'wrk'}; {nginx}",
+        f"- load average at the end (1/5/15 min; the machine may be shared): "
+        f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())}",
     ]
 
 
@@ -106,11 +108,11 @@ def _version(argv: list[str]) -> str:
 def growth_table(results: Results) -> list[str]:
     lines = ["| growth (router, accounting on) | round 1 / round 2 | vs 1 key, 1 backend |",
              "|---|---|---|"]
-    for name, label in (("router", "CPU per chat request, 1 key, 1 backend (µs)"),
+    for name, label in (("router-base", "CPU per chat request, 1 key, 1 backend (µs)"),
                         ("router-keys", "CPU per chat request, 10,000 keys (µs)"),
                         ("router-backends", "CPU per chat request, 100 backends (µs)")):
-        change = ratio(results, name, "router", "cpu_us")
-        growth = f"{(change - 1) * 100:+.1f}%" if change and name != "router" else "–"
+        change = ratio(results, name, "router-base", "cpu_us")
+        growth = f"{(change - 1) * 100:+.1f}%" if change and name != "router-base" else "–"
         lines.append(f"| {label} | {cell(results, name, 'cpu_us')} | {growth} |")
     for name in ("many-direct", "many-floor", "many-router"):
         for figure, label in (("errors", "errors"), ("rss_mb", "peak RSS (MB)"),

@@ -25,7 +25,7 @@ def _ratio_verdict(results: Results, label: str, goal: str, top: str, bottom: st
     found = ratio(results, top, bottom, figure)
     if found is None:
         return Verdict(label, goal, "n/a (not measured)", None)
-    return Verdict(label, goal, f"{fmt(found)}x", ok(found))
+    return Verdict(label, goal, f"{found:.3f}x", ok(found))
 
 
 def _value_verdict(results: Results, label: str, goal: str, target: str, figure: str,
@@ -37,7 +37,7 @@ def _value_verdict(results: Results, label: str, goal: str, target: str, figure:
 
 
 def _growth(results: Results, label: str, name: str) -> Verdict:
-    found = ratio(results, name, "router", "cpu_us")
+    found = ratio(results, name, "router-base", "cpu_us")
     if found is None:
         return Verdict(label, "≤ +10%", "n/a (not measured)", None)
     return Verdict(label, "≤ +10%", f"{(found - 1) * 100:+.1f}%", found <= 1.10)
@@ -68,6 +68,8 @@ def verdicts(results: Results) -> list[Verdict]:
                        "up", "submit_ms", lambda v: True, " ms"),
         _ratio_verdict(results, "issue 4: router CPU, accounting on vs off (c=64)", "≤ 1.5x",
                        "router", "router-noacct", "cpu_us", lambda r: r <= 1.5),
+        _ratio_verdict(results, "preview: router with the proposed GC tuning vs floor (c=64)",
+                       "≤ 1.5x", "router-gc", "floor", "cpu_us", lambda r: r <= 1.5),
         _value_verdict(results, "issue 4: ledger records/s (end to end)", "≥ 20,000/s", "ledger",
                        "end_to_end_per_s", lambda v: v >= 20_000, "/s"),
     ]
