@@ -27,7 +27,8 @@ from router.state import ACCOUNTING, ENGINE, SETTINGS, STATE, VIEW, RouterState
 
 LOG = logging.getLogger("router")
 # Other parts of the project that mount routes when they are installed: module -> add_routes(app).
-ADD_ONS = ("router.registration", "router.me", "router.metrics", "router.openapi", "router.admin")
+ADD_ONS = ("router.registration", "router.me", "router.metrics", "router.openapi", "router.admin",
+           "router.availability")
 LOG_FLUSH_S = 0.2
 
 

@@ -12,6 +12,7 @@ from launcher.db import utcnow
 from launcher.keys import KeyRecord
 from router.accounting import QuotaExceeded, RequestInfo
 from router.auth import authenticate, check_model
+from router.availability import AVAILABILITY, announcement, when_not_ready
 from router.body import form_field, inspect, parse_json, with_include_usage
 from router.defaults import apply_route, reservation
 from router.errors import CTX, RouterError
@@ -108,7 +109,12 @@ async def dispatch(request: web.Request, state: RouterState, info: RequestInfo, 
     ctx = request[CTX]
     ctx.model, ctx.endpoint = info.model, info.endpoint
     check_model(info.key, info.model)
-    pool = ready_pool(state, info.model)
+    try:
+        pool = ready_pool(state, info.model)
+    except RouterError as err:  # maintenance, or a model started on demand
+        pool = await when_not_ready(request.app, info.model, err, lambda: ready_pool(state, info.model))
+    if (availability := request.app.get(AVAILABILITY)) is not None:
+        call.hard_end, call.soft_end = availability.deadlines(info.model, info.max_tokens, time.time())
     try:
         admission = state.accounting.admit(info, time.time())
     except QuotaExceeded as exc:
@@ -155,6 +161,9 @@ async def list_models(request: web.Request) -> web.Response:
     key = authorized(request)
     state = request.app[STATE]
     data = list_entries(state.names, state.view.snapshot, key)
+    if (window := announcement(request.app, utcnow())) is not None:
+        for entry in data:
+            entry["maintenance"] = window
     return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
 
 

@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from router.accounting import Usage
-from router.balancer import choose
+from router.walltime import choose_in_time
 from router.errors import CLIENT_GONE, RouterError, envelope
 from router.health import after_failure, apply
 from router.snapshot import Backend, Pool
@@ -30,7 +30,8 @@ BROKEN = (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.C
 class Call:
     """One request to forward, as the endpoint handler prepared it."""
 
-    __slots__ = ("path", "body", "content_type", "stream", "strip_usage", "prompt_estimate", "headers")
+    __slots__ = ("path", "body", "content_type", "stream", "strip_usage", "prompt_estimate", "headers",
+                 "hard_end", "soft_end")
 
     def __init__(
         self, path: str, body: bytes, content_type: str, *, stream: bool = False,
@@ -43,6 +44,10 @@ class Call:
         self.strip_usage = strip_usage
         self.prompt_estimate = prompt_estimate
         self.headers = headers  # added to the client's response: x-request-id, rate limits
+        # Epoch seconds: no replica whose job ends before hard_end (the drain threshold), and one
+        # that runs past soft_end (this request's worst case) while there is one.
+        self.hard_end = 0.0
+        self.soft_end = 0.0
 
 
 class Outcome:
@@ -85,10 +90,10 @@ class Upstream:
         tried: list[Backend] = []
         failure: _Retry | None = None
         while True:
-            backend = choose(pool.backends, pool.turn, tried)
+            backend = choose_in_time(pool.backends, pool.turn, tried, call.hard_end, call.soft_end)
             pool.turn += 1
             if backend is None:
-                raise self._unavailable(failure or _Retry(503, f"No ready backend for model {pool.model!r}"))
+                raise self._unavailable(failure or _Retry(503, _no_backend(pool, call)))
             backend.outstanding += 1
             try:
                 return await self._attempt(request, backend, call, outcome)
@@ -195,6 +200,13 @@ class Upstream:
             outcome.status = 504
             await response.write(_error_event(504, f"The backend sent nothing for {self._stall_s:g} s", "backend_timeout"))
             apply(backend, after_failure(backend.health, "stalled mid-stream", self._clock()))
+
+
+def _no_backend(pool: Pool, call: Call) -> str:
+    if any(b.routable and b.end_at < call.hard_end for b in pool.backends):
+        return (f"The replicas of model {pool.model!r} are about to reach their Slurm time limit and take "
+                "no new requests")
+    return f"No ready backend for model {pool.model!r}"
 
 
 def _respond(upstream: aiohttp.ClientResponse, body: bytes, call: Call, outcome: Outcome) -> web.Response:

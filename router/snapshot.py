@@ -19,6 +19,7 @@ from launcher.models import ApiKey, Deployment, ModelTarget
 from launcher.registry import DeploymentRecord, list_deployments
 from router.health import HealthState
 from router.names import Names
+from router.walltime import end_epoch
 
 LOG = logging.getLogger("router.registry")
 
@@ -26,7 +27,7 @@ LOG = logging.getLogger("router.registry")
 class Backend:
     """One deployment as the router routes to it: its record, its load and its health."""
 
-    __slots__ = ("record", "model", "served_name", "url", "headers", "outstanding", "health", "routable")
+    __slots__ = ("record", "model", "served_name", "url", "headers", "outstanding", "health", "routable", "end_at")
 
     def __init__(self, record: DeploymentRecord, model: str | None = None, served_name: str | None = None) -> None:
         self.record = record
@@ -40,6 +41,7 @@ class Backend:
         self.outstanding = 0
         self.health = HealthState()
         self.routable = False
+        self.end_at = end_epoch(record.end_time)  # the job's Slurm end, epoch seconds (inf: none)
         self._update_routable()
 
     def same_server(self, record: DeploymentRecord) -> bool:
@@ -49,6 +51,7 @@ class Backend:
     def update(self, record: DeploymentRecord) -> None:
         """Take a newer record of the same server."""
         self.record = record
+        self.end_at = end_epoch(record.end_time)  # `scontrol update TimeLimit` moves it
         self._update_routable()
 
     def set_health(self, health: HealthState) -> None:
