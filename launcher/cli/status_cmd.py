@@ -55,7 +55,7 @@ def _gather(obj: CliContext, show_all: bool, router_url: str) -> dict[str, Any]:
         rows = list_deployments(session, include_gone=show_all)
         targets = load_targets(session)
     live = fetch_router_status(router_url, obj.settings.router.admin_token)
-    return build_report(rows, targets, live, utcnow())
+    return build_report(rows, targets, live, utcnow(), obj.settings.cluster.successor_late_s)
 
 
 def default_router_url(settings: Settings) -> str:
@@ -83,9 +83,13 @@ def fetch_router_status(router_url: str, admin_token: str, timeout_s: float = 1.
 
 
 def build_report(rows: Sequence[DeploymentRecord], targets: Mapping[str, Target],
-                 live: Mapping[int, Mapping[str, Any]] | None, now: datetime) -> dict[str, Any]:
-    """The status as plain data (what --json prints); pure."""
+                 live: Mapping[int, Mapping[str, Any]] | None, now: datetime, late_s: float = 300.0) -> dict[str, Any]:
+    """The status as plain data (what --json prints); pure.
+
+    A successor not ready while its predecessor has less than LATE_S left is `successor_late`.
+    """
     successors = {r.predecessor_id: r.id for r in rows if r.predecessor_id is not None}
+    state_of = {r.id: r.state for r in rows}
     deployments = []
     for row in rows:
         seen = (live or {}).get(row.id, {})
@@ -96,6 +100,7 @@ def build_report(rows: Sequence[DeploymentRecord], targets: Mapping[str, Target]
             "end_time": row.end_time, "time_left_s": None if left is None else max(0, int(left)),
             "health": seen.get("health"), "in_flight": seen.get("in_flight"),
             "predecessor_id": row.predecessor_id, "successor_id": successors.get(row.id),
+            **_successor(state_of.get(successors.get(row.id, -1)), left, late_s),
         })
     models = []
     for target in targets.values():
@@ -103,6 +108,11 @@ def build_report(rows: Sequence[DeploymentRecord], targets: Mapping[str, Target]
         models.append({**asdict(target), "ready_replicas": states.count("ready"),
                        "starting_replicas": states.count("pending") + states.count("starting")})
     return {"router_reachable": live is not None, "deployments": deployments, "models": models}
+
+
+def _successor(state: str | None, left: float | None, late_s: float) -> dict[str, Any]:
+    waiting = state in ("pending", "starting")
+    return {"successor_state": state, "successor_late": waiting and left is not None and left < late_s}
 
 
 def _echo_report(report: Mapping[str, Any]) -> None:
@@ -151,7 +161,10 @@ def duration_text(seconds: int | None) -> str:
 def links_text(d: Mapping[str, Any]) -> str:
     """Successor / predecessor links: 'after #3', 'next #7'."""
     parts = [f"after #{d['predecessor_id']}"] if d["predecessor_id"] else []
-    parts += [f"next #{d['successor_id']}"] if d["successor_id"] else []
+    if d["successor_id"]:
+        waiting = d.get("successor_state") not in (None, "ready")
+        late = " LATE" if d.get("successor_late") else ""
+        parts.append(f"next #{d['successor_id']}" + (f" {d['successor_state']}{late}" if waiting else ""))
     return ", ".join(parts) or "-"
 
 

@@ -181,3 +181,12 @@ def test_a_replica_serving_all_along_does_not_lift_a_stop_of_its_failing_success
     rows = [dep(1, left=100)]
     stopped = reconcile(rows, running(rows), {"m": Target("m", 1, 3, None, "stopped after 3")}, POLICY, NOW)
     assert stopped.submissions == () and stopped.targets == ()
+
+
+def test_status_flags_a_successor_still_pending_near_its_predecessors_end() -> None:
+    from launcher.cli.status_cmd import build_report, links_text
+
+    rows = [dep(1, left=100), dep(2, state="pending", left=None, predecessor_id=1, reason="Resources")]
+    first, second = build_report(rows, {}, None, NOW, late_s=120)["deployments"]
+    assert links_text(first) == "next #2 pending LATE" and links_text(second) == "after #1"
+    assert links_text(build_report(rows, {}, None, NOW, late_s=60)["deployments"][0]) == "next #2 pending"
