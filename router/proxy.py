@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -25,6 +25,9 @@ NO_USAGE = Usage()
 SSE = "text/event-stream"
 CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 BROKEN = (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError)
+# Bodies above this go upstream in pieces under a per-piece stall deadline (smaller ones fit in socket buffers).
+PACED_BODY_BYTES = 256 * 1024
+PIECE_BYTES = 256 * 1024
 
 
 class Call:
@@ -126,9 +129,7 @@ class Upstream:
     async def _open(self, backend: Backend, call: Call, retry_stale: bool) -> aiohttp.ClientResponse:
         headers = {**backend.headers, "Content-Type": call.content_type, "X-Request-Id": call.headers["x-request-id"]}
         try:
-            return await self._session.post(
-                backend.url + call.path, data=call.body, headers=headers, timeout=self._timeout
-            )
+            return await self._post(backend.url + call.path, call.body, headers)
         except aiohttp.ServerDisconnectedError:
             if retry_stale:  # a kept-alive connection the backend had closed: once more, same backend
                 return await self._open(backend, call, retry_stale=False)
@@ -137,9 +138,22 @@ class Upstream:
             raise self._eject(backend, 503, f"could not connect to a backend: {exc}")
         except aiohttp.ClientOSError as exc:
             raise self._eject(backend, 502, f"the backend connection failed: {exc}")
+        except aiohttp.ClientResponseError:  # a bad status line or headers: nothing reached the client
+            raise self._eject(backend, 502, "the backend answered something that is not HTTP")
         except asyncio.TimeoutError:
             self._eject(backend, 504, "stalled")
             raise self._stalled() from None
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """POST BODY; a large one goes in pieces, each of which the backend must take within the stall timeout.
+
+        aiohttp's read timeout cannot interrupt a body upload that a backend stopped reading.
+        """
+        if len(body) <= PACED_BODY_BYTES:
+            return await self._session.post(url, data=body, headers=headers, timeout=self._timeout)
+        async with asyncio.timeout(None) as deadline:
+            return await self._session.post(url, data=_pieces(body, deadline, self._stall_s), timeout=self._timeout,
+                                            headers={**headers, "Content-Length": str(len(body))})
 
     async def _read(self, reading: Awaitable[bytes], backend: Backend) -> bytes:
         """Await an upstream read before the client saw anything; failures are retryable."""
@@ -207,6 +221,15 @@ def _no_backend(pool: Pool, call: Call) -> str:
         return (f"The replicas of model {pool.model!r} are about to reach their Slurm time limit and take "
                 "no new requests")
     return f"No ready backend for model {pool.model!r}"
+
+
+async def _pieces(body: bytes, deadline: asyncio.Timeout, stall_s: float) -> AsyncIterator[bytes]:
+    """BODY in pieces, moving DEADLINE on as each is taken; no deadline once all is sent."""
+    loop = asyncio.get_running_loop()
+    for start in range(0, len(body), PIECE_BYTES):
+        deadline.reschedule(loop.time() + stall_s)
+        yield body[start:start + PIECE_BYTES]
+    deadline.reschedule(None)
 
 
 def _respond(upstream: aiohttp.ClientResponse, body: bytes, call: Call, outcome: Outcome) -> web.Response:
