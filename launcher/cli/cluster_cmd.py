@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -63,10 +64,17 @@ def models(ctx: CliContext, catalog_path: str | None, as_json: bool) -> None:
 
 
 def _entry_json(entry: CatalogEntry) -> dict[str, Any]:
-    data = dataclasses.asdict(entry)
+    # Field by field: asdict() cannot copy the read-only mappings a catalog entry holds.
+    data = {f.name: getattr(entry, f.name) for f in dataclasses.fields(entry)}
     data["env"] = dict(entry.env)
-    data["names"] = {n.name: {"defaults": dict(n.defaults)} for n in entry.names}
+    data["names"] = {n.name: {"defaults": _plain(n.defaults)} for n in entry.names}
     return data
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 @click.command()
