@@ -30,7 +30,7 @@ ADMIN = ROOT / "docs" / "admin-guide.md"
 CLI_MD = ROOT / "docs" / "cli.md"
 EXAMPLE = ROOT / "docs" / "settings.example.toml"
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```", re.M | re.S)
-SHELL_LANGS = {"bash", "sh", "shell", "console", ""}
+SHELL_LANGS = {"bash", "sh", "shell", "console"}  # untagged blocks are diagrams
 CONTROL = {";", "&&", "||", "|", "&", ">", ">>", "<", "(", ")"}
 ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 # Commands that change nothing outside a fresh registry: the docs test runs them for real.
@@ -95,7 +95,9 @@ def shown_commands() -> list[Shown]:
     """Every `llm-launch` command in the shell blocks of the docs, with the exports before it."""
     found: list[Shown] = []
     for path in DOCS:
-        for number, block in enumerate(blocks(path, SHELL_LANGS)):
+        untagged = ["\n".join(line for line in block.splitlines() if line.startswith("llm-launch "))
+                    for block in blocks(path, {""})]
+        for number, block in enumerate([*blocks(path, SHELL_LANGS), *untagged]):
             env: dict[str, str] = {}
             for line in block.replace("\\\n", " ").splitlines():
                 if line.startswith("export ") and ASSIGNMENT.match(line[7:]):
