@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from launcher.db import session_factory, utcnow
@@ -81,6 +82,9 @@ async def _handle(request: web.Request, action: Any) -> web.Response:
         claim = _parse(await request.read())
         engine = _engine(request.app)
         result = await asyncio.to_thread(_in_session, engine, action, claim)
+    except OperationalError as exc:  # a full disk, a read-only or locked file: say so, it is not the caller's fault
+        reason = str(exc.orig or exc).splitlines()[0]
+        return _error(503, f"the registry cannot be written right now: {reason}", "registry_unavailable")
     except Refused as exc:
         return _error(exc.status, str(exc), exc.code)
     if VIEW in request.app:  # route to (or stop routing to) it now, not at the next refresh
@@ -217,6 +221,7 @@ def _url(claim: Claim) -> str:
 
 
 def _error(status: int, message: str, code: str) -> web.Response:
-    kind = "authentication_error" if status == 401 else "permission_error" if status == 403 else "invalid_request_error"
+    kind = ("authentication_error" if status == 401 else "permission_error" if status == 403
+            else "server_error" if status >= 500 else "invalid_request_error")
     body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
     return web.json_response(body, status=status)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 import click
+from sqlalchemy.exc import OperationalError
 
 from launcher.cli.context import CliContext
 
@@ -30,6 +31,14 @@ COMMANDS = {
 
 class LazyGroup(click.Group):
     """A group that imports each subcommand's module only when it is needed."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        """Run the subcommand; a database that cannot be written (disk full, read-only) is one line, no traceback."""
+        try:
+            return super().invoke(ctx)
+        except OperationalError as exc:
+            reason = str(exc.orig or exc).splitlines()[0]
+            raise click.ClickException(f"the registry cannot be written: {reason}") from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(name for name in COMMANDS if self._load(name) is not None)

@@ -18,7 +18,7 @@ import requests
 
 from tests.conftest import SECRET, LoopThread
 
-CHAT = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}]}
+CHAT: dict[str, Any] = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}]}
 
 
 @dataclass
@@ -182,3 +182,38 @@ def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
 
 def total(rows: Iterable[Any], index: int) -> int:
     return sum(int(r[index] or 0) for r in rows)
+
+
+def ledger_requests(db_path: str) -> int:
+    """Requests the usage ledger holds, read with plain sqlite3 (as an admin would)."""
+    import sqlite3
+
+    with sqlite3.connect(db_path) as conn:
+        return int(conn.execute("SELECT COALESCE(SUM(requests), 0) FROM usage_daily").fetchone()[0])
+
+
+def integrity(db_path: str) -> str:
+    """SQLite's own verdict on the file: 'ok' when nothing is half-written."""
+    import sqlite3
+
+    with sqlite3.connect(db_path) as conn:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+# Runs in its own process: the supervisor's read-modify-write of a model target, N times, with its busy retries.
+SUPERVISOR_WRITER = """
+import sys
+from launcher.db import open_engine, session_factory, utcnow
+from launcher.reconcile import TargetUpdate
+from launcher.supervisor import load_targets, save_target, with_busy_retries
+engine = open_engine(sys.argv[1])
+sessions = session_factory(engine)
+def bump():
+    with sessions() as session:
+        target = load_targets(session)["busy-model"]
+        save_target(session, TargetUpdate("busy-model", target.quick_failures + 1, None, None), utcnow())
+        session.commit()
+for _ in range(int(sys.argv[2])):
+    with_busy_retries(bump)
+print("done")
+"""
