@@ -20,8 +20,6 @@ class SettingsError(Exception):
 class RouterSettings:
     host: str = "127.0.0.1"
     port: int = 8000
-    # URL that compute nodes use to reach the registration endpoint.
-    public_url: str = ""
     admin_token: str = ""
     connect_timeout_s: float = 10.0
     stall_timeout_s: float = 300.0

@@ -19,7 +19,7 @@ def backends() -> None:
 @backends.command()
 @click.argument("model")
 @click.argument("url")
-@click.option("--kind", type=click.Choice(KINDS), default="chat", show_default=True)
+@click.option("--kind", type=click.Choice(KINDS), default="chat", show_default=True, help="What the server does; sets how it is health-checked.")
 @click.option("--secret", envvar="LLM_LAUNCH_BACKEND_SECRET", help="The server's API key (sent upstream by the router).")
 @click.pass_obj
 def add(ctx: CliContext, model: str, url: str, kind: str, secret: str | None) -> None:

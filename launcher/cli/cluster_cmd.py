@@ -99,15 +99,16 @@ def _entry(ctx: CliContext, catalog_path: str | None, model: str) -> CatalogEntr
 @click.command()
 @click.argument("model")
 @catalog_option
-@click.option("--replicas", default=1, show_default=True, type=click.IntRange(1, 64), help="Jobs to start.")
+@click.option("--replicas", type=click.IntRange(1, 64), help="Jobs to start (default: the catalog's replicas, at least 1).")
 @click.option("--time", "time_limit", metavar="T", help="Slurm time limit, e.g. 04:00:00 (default: catalog, then cluster).")
 @click.option("--wait", is_flag=True, help="Follow the jobs until they serve or fail.")
 @click.option("--timeout", "timeout_s", type=float, help="With --wait: give up after this many seconds.")
 @click.pass_obj
-def up(ctx: CliContext, model: str, catalog_path: str | None, replicas: int, time_limit: str | None,
+def up(ctx: CliContext, model: str, catalog_path: str | None, replicas: int | None, time_limit: str | None,
        wait: bool, timeout_s: float | None) -> None:
     """Submit MODEL's server as Slurm job(s) and record them as pending."""
     entry = _entry(ctx, catalog_path, model)
+    replicas = replicas or max(entry.replicas, 1)
     slurm = SlurmClient()
     started = time.monotonic()
     records = []

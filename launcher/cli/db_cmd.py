@@ -30,5 +30,11 @@ def upgrade(ctx: CliContext) -> None:
 @db.command()
 @click.pass_obj
 def current(ctx: CliContext) -> None:
-    """Print the registry's schema revision."""
-    click.echo(current_revision(ctx.engine) or "empty")
+    """Print the registry's schema revision and whether a migration is pending."""
+    try:
+        engine = open_engine(ctx.db_url, migrate=False)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from None
+    revision, head = current_revision(engine), head_revision(engine)
+    pending = "" if revision == head else f" (newest is {head}: run `llm-launch db upgrade`)"
+    click.echo(f"{revision or 'empty'}{pending}")

@@ -31,7 +31,7 @@ STATUS_PATH = "/internal/status"
 @click.option("--every", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
               help="Seconds between refreshes with --watch.")
 @click.option("--all", "show_all", is_flag=True, help="Include deployments that are gone.")
-@click.option("--router", "router_url", envvar="LLM_LAUNCH_ROUTER",
+@click.option("--router", "router_url", envvar="LLM_LAUNCH_ROUTER_URL",
               help="Router base URL for health and load [default: settings router.host:port].")
 @click.pass_obj
 def status(obj: CliContext, as_json: bool, watch: bool, every: float, show_all: bool,
