@@ -356,10 +356,18 @@ def test_registry_lock_and_log_folder_are_created_owner_only(tmp_path: Path) -> 
 
     lock = OwnershipLock.for_engine(engine)
     assert lock is not None
-    lock.acquire()
-    lock.release()
-    engine.dispose()
-    for path in [db, *folder.glob("registry.db-*"), lock.path]:
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600, (path, oct(path.stat().st_mode))
+    old = os.umask(0o022)
+    try:
+        lock.acquire()
+        with engine.connect() as conn:  # an open connection in WAL mode: the -wal and -shm files exist
+            conn.exec_driver_sql("SELECT count(*) FROM api_keys").all()
+            files = [db, *folder.glob("registry.db-*"), lock.path]
+            modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in files}
+    finally:
+        os.umask(old)
+        lock.release()
+        engine.dispose()
+    assert {"registry.db-wal", "registry.db-shm"} <= set(modes)
+    assert all(mode == 0o600 for mode in modes.values()), {k: oct(v) for k, v in modes.items()}
     for path in (folder, logs):
         assert stat.S_IMODE(path.stat().st_mode) == 0o700, (path, oct(path.stat().st_mode))
