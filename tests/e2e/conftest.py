@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -30,6 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "scripts" / "demo"
 LLM_LAUNCH = str(Path(sys.executable).with_name("llm-launch"))
 SPARE = "whisper-spare"
+STACK_GPUS = 4  # chat, embeddings, transcription, and the spare the status test starts
 # A whisper server that takes 8 s more to load, like a large model would: its job is visibly
 # `loading` between Slurm starting it and the server registering.
 SPARE_ENTRY = """
@@ -156,6 +158,7 @@ def demo_stack(slurm_cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFac
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
+    _wait_for_gpus(slurm_cluster, STACK_GPUS)
     state = tmp_path_factory.mktemp("demo-state")
     catalog = state / "catalog.toml"
     write_catalog(catalog)
@@ -174,6 +177,22 @@ def demo_stack(slurm_cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFac
                         state, stack_env, catalog)
     finally:
         _stop(env, state, slurm_cluster)
+
+
+def _gpus(env: dict[str, str], command: list[str]) -> int:
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30, check=True).stdout
+    return sum(int(n) for n in re.findall(r"gpu(?::[\w-]+)?:(\d+)", out))
+
+
+def _wait_for_gpus(cluster: SlurmCluster, needed: int, timeout_s: float = 180) -> None:
+    """Wait until the local Slurm has NEEDED fake GPUs free; a running demo holds three."""
+    total = _gpus(cluster.env, ["sinfo", "-h", "-o", "%G"])
+    deadline = time.monotonic() + timeout_s
+    while (free := total - _gpus(cluster.env, ["squeue", "-h", "-t", "PD,R,CF,CG", "-o", "%b"])) < needed:
+        if time.monotonic() > deadline:
+            pytest.fail(f"the local Slurm has {free} of {total} GPUs free and the e2e stack needs {needed}: "
+                        "other jobs hold them (a demo left running? `scripts/demo stop` ends it)")
+        time.sleep(2)
 
 
 def _paths_env() -> dict[str, str]:

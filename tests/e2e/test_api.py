@@ -106,7 +106,8 @@ def test_models_status_follows_a_job_from_pending_through_loading_to_ready(
         release = subprocess.run(["scontrol", "release", job.group(1)], env=demo_stack.env,
                                  capture_output=True, text=True, check=False)
         assert release.returncode == 0, release.stderr
-        wait_for(lambda: _entry_if(demo_stack, "loading"), 60, "status loading")
+        # released, it may still wait for a GPU that another job holds; then it loads for 8 s or more
+        wait_for(lambda: _entry_if(demo_stack, "loading"), 300, "status loading")
         _assert_503(demo_stack, tmp_path, "loading")
         ready = wait_for(lambda: _entry_if(demo_stack, "ready"), 120, "status ready")
         assert ready["replicas"] == {"ready": 1, "wanted": 1}
