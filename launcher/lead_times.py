@@ -40,17 +40,17 @@ def time_limits(catalog: Catalog, cluster: ClusterSettings) -> dict[str, float]:
 
 def handover_policy(catalog: Catalog, cluster: ClusterSettings, startups: Mapping[str, Sequence[float]],
                     windows: tuple[Window, ...] = ()) -> Handover:
-    """Per model: lead = slow recent start-up + margin (>= floor), at most half the job's time limit.
+    """Per model: lead = slow recent start-up + margin (>= floor), at most 3/4 of the job's time limit.
 
-    The cap keeps a job whose limit is shorter than twice the lead from being replaced as soon
-    as it is ready, over and over.
+    The cap keeps a job whose limit is shorter than the lead from being replaced as soon as it
+    is ready, over and over: each job serves at least a quarter of its limit.
     """
     limits = time_limits(catalog, cluster)
     floor, margin, pct = cluster.successor_lead_floor_s, cluster.successor_lead_margin_s, cluster.successor_lead_percentile
     leads = {}
     for model in catalog.entries:
         lead = lead_time_s(startups.get(model, ()), floor, margin, pct)
-        leads[model] = min(lead, limits[model] / 2) if model in limits else lead
+        leads[model] = min(lead, limits[model] * 0.75) if model in limits else lead
     return Handover(leads, floor, cluster.successor_late_s, windows, limits)
 
 

@@ -144,11 +144,11 @@ def test_startup_times_keep_each_models_last_n() -> None:
     assert startup_times(rows, per_model=2) == {"a": [30.0, 20.0], "b": [5.0]}
 
 
-def test_lead_is_capped_at_half_the_time_limit() -> None:
+def test_lead_is_capped_at_three_quarters_of_the_time_limit() -> None:
     catalog = catalog_from_dict({"models": {"m": {"engine": "command", "weights": "none", "command": ["x"],
                                                   "time": "2"}}}, "c.toml", {})
     cluster = ClusterSettings(successor_lead_floor_s=600, successor_lead_margin_s=0)
-    assert handover_policy(catalog, cluster, {}).lead("m") == 60.0
+    assert handover_policy(catalog, cluster, {}).lead("m") == 90.0
 
 
 def test_parse_window_and_whole_minutes() -> None:

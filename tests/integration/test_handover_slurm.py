@@ -1,0 +1,334 @@
+"""Zero downtime across job ends, on the real local Slurm: successors, drain, `down`, failing successors, on demand.
+
+One registry, one router and one supervisor serve four models of the `command` engine, each
+running the fake backend from this checkout, on a private one-node cluster (other tests' jobs
+must not hold its four fake GPUs). The scenarios that need a job to reach its time limit run
+side by side (`flaky` starts before the handover test and is checked after it), and at most
+four jobs run at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import Engine, select
+
+from launcher.catalog import load_catalog
+from launcher.cli import main
+from launcher.db import open_engine, session_factory, utcnow
+from launcher.models import Deployment, ModelTarget
+from launcher.settings import ClusterSettings, RouterSettings, Settings
+from launcher.slurm import JobInfo, SlurmClient
+from launcher.supervisor import Supervisor
+from router.app import create_app
+from router.serve import start
+from tests.conftest import LoopThread
+from tests.integration.slurm_fixtures import SCRIPT, SlurmCluster, slurm_cluster  # noqa: F401
+
+pytestmark = pytest.mark.slurm
+
+CHUNKS = 40  # a streamed answer: 40 chunks, 50 ms apart (2 s)
+REPO = Path(__file__).resolve().parents[2]
+SERVER = (f"{shlex.quote(sys.executable)} -m tests.fake_backend --host {{host}} --port {{port}} --model {{served_name}} "
+          f'--chunks {CHUNKS} --chunk-delay-ms 50 --secret="$LLM_LAUNCH_BACKEND_SECRET"')
+
+
+def _entry(line: str, time_limit: str, extra: str = "") -> str:
+    command = ["bash", "-c", f"cd {shlex.quote(str(REPO))} && {line}"]
+    words = ", ".join(f"'''{word}'''" for word in command)
+    return (f'engine = "command"\nweights = "none"\ntime = "{time_limit}"\ncommand = [{words}]\n'
+            f'env = {{ LLM_LAUNCH_NODE_HOST = "127.0.0.1" }}\n{extra}')
+
+
+def _catalog(folder: Path) -> Path:
+    mark = shlex.quote(str(folder / "flaky-started"))
+    models = {
+        "fake": _entry(f"exec {SERVER}", "2"),
+        # the first job serves; every later one fails at once (a successor that cannot start)
+        "flaky": _entry(f"if [ -e {mark} ]; then exit 3; fi; touch {mark}; exec {SERVER}", "2"),
+        "pair": _entry(f"exec {SERVER}", "5"),
+        "lazy": _entry(f"exec {SERVER}", "5", "on_demand = true\n"),
+    }
+    path = folder / "catalog.toml"
+    path.write_text("".join(f"[models.{name}]\n{body}\n" for name, body in models.items()))
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    """The service: registry, router (with the on-demand add-on) and a supervisor thread."""
+
+    engine: Engine
+    db: Path
+    slurm: SlurmClient
+    env: dict[str, str]
+    base_url: str
+    key: str
+    supervisor: Supervisor
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base_url, api_key=self.key, max_retries=0, timeout=60)
+
+    def want(self, model: str, replicas: int) -> None:
+        with session_factory(self.engine)() as s:
+            s.merge(ModelTarget(model=model, desired_replicas=replicas, quick_failures=0, updated_at=utcnow()))
+            s.commit()
+
+    def target(self, model: str) -> ModelTarget | None:
+        with session_factory(self.engine)() as s:
+            return s.get(ModelTarget, model)
+
+    def rows(self, model: str) -> list[Deployment]:
+        with session_factory(self.engine)() as s:
+            return list(s.scalars(select(Deployment).where(Deployment.model == model).order_by(Deployment.id)))
+
+    def ready(self, model: str) -> list[Deployment]:
+        return [r for r in self.rows(model) if r.state == "ready"]
+
+    def job(self, row: Deployment) -> JobInfo:
+        return self.slurm.jobs([str(row.job_id)])[str(row.job_id)]
+
+    def cli(self, *args: str) -> str:
+        result = CliRunner().invoke(main, ["--db", str(self.db), *args], env={"SLURM_CONF": self.env["SLURM_CONF"]},
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    def stop(self, model: str) -> None:
+        self.want(model, 0)
+        for row in self.rows(model):
+            if row.state != "gone":
+                self.slurm.cancel(str(row.job_id))
+
+
+@pytest.fixture(scope="module")
+def private_cluster(slurm_cluster: SlurmCluster) -> Iterator[SlurmCluster]:  # noqa: F811
+    """A one-node cluster of this module's own (the shared one proves Slurm can be installed)."""
+    folder = Path(tempfile.mkdtemp(prefix="llm-launch-handover-"))
+    folder.chmod(0o755)  # munged wants every directory above its socket traversable
+    env = {**os.environ, "LLM_LAUNCH_SLURM_DIR": str(folder), "LLM_LAUNCH_SLURM_CTLD_PORT": str(_free_port()),
+           "LLM_LAUNCH_SLURM_SLURMD_PORT": str(_free_port()), "LLM_LAUNCH_SLURM_LINK_ETC": "0",
+           "SLURM_CONF": str(folder / "etc" / "slurm.conf")}
+    try:
+        done = subprocess.run([str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        yield SlurmCluster(env=env, node=SlurmClient(env=env).nodes()[0].name, conf=Path(env["SLURM_CONF"]))
+    finally:
+        subprocess.run([str(SCRIPT), "stop"], env=env, capture_output=True, timeout=120, check=False)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def stack(private_cluster: SlurmCluster, servers: LoopThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    folder = tmp_path_factory.mktemp("handover")
+    port, db = _free_port(), folder / "registry.db"
+    engine = open_engine(f"sqlite:///{db}")
+    cluster = dataclasses.replace(
+        ClusterSettings(), catalog=str(_catalog(folder)), router_url=f"http://127.0.0.1:{port}", log_dir=str(folder),
+        reconcile_interval_s=0.5, successor_lead_floor_s=90, successor_lead_margin_s=5, successor_late_s=60,
+        signal_lead_s=10, drain_threshold_s=10, max_request_duration_s=60, backoff_base_s=3, max_quick_failures=3)
+    router = RouterSettings(registry_refresh_s=0.2, accounting=False, request_log=False, on_demand_wait_s=45,
+                            on_demand_idle_s=6, grace_period_s=1)
+    settings = Settings(database=f"sqlite:///{db}", router=router, cluster=cluster)
+    with session_factory(engine)() as session:
+        from launcher.keys import create_key
+        from launcher.settings import KeyLimits
+
+        key, _ = create_key(session, "load", limits=KeyLimits())
+
+    async def boot() -> Any:
+        return (await start(create_app(settings, engine), "127.0.0.1", port, 1.0))[0]
+
+    runner = servers.run(boot())
+    slurm = private_cluster.client()
+    supervisor = Supervisor(engine, slurm, load_catalog(Path(cluster.catalog)), settings)
+    stop = threading.Event()
+    loop = threading.Thread(target=supervisor.run_forever, args=(cluster.reconcile_interval_s, stop), daemon=True)
+    loop.start()
+    made = Stack(engine, db, slurm, private_cluster.env, f"http://127.0.0.1:{port}/v1", key, supervisor)
+    try:
+        yield made
+    finally:
+        stop.set()
+        loop.join(30)
+        for model in ("fake", "flaky", "pair", "lazy"):
+            made.stop(model)
+        servers.run(runner.cleanup())
+        engine.dispose()
+
+
+def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.25)
+    pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+@dataclass
+class Load:
+    """Clients asking MODEL in a loop: every third request streams a long answer."""
+
+    client: openai.OpenAI
+    model: str
+    workers: int = 3
+    pause_s: float = 0.3
+    sent: int = 0
+    streams: int = 0
+    outcomes: list[tuple[float, str]] = field(default_factory=list)  # (time.monotonic(), "ok" or the error)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def failures(self) -> list[str]:
+        return [text for _, text in self.outcomes if text != "ok"]
+
+    def start(self) -> Load:
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(self.workers)]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> Load:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+        return self
+
+    def _run(self, worker: int) -> None:
+        n = worker
+        while not self._stop.is_set():
+            with self._lock:
+                self.sent += 1
+            try:
+                outcome = self._ask(stream=n % 3 == 0)
+            except openai.APIError as exc:
+                outcome = f"{type(exc).__name__}: {exc}"
+            with self._lock:
+                self.outcomes.append((time.monotonic(), outcome))
+            n += 1
+            self._stop.wait(self.pause_s)
+
+    def _ask(self, stream: bool) -> str:
+        messages: Any = [{"role": "user", "content": "hello"}]
+        if not stream:
+            answer = self.client.chat.completions.create(model=self.model, messages=messages, max_tokens=20)
+            return "ok" if answer.choices[0].message.content else "empty answer"
+        with self._lock:
+            self.streams += 1
+        chunks = self.client.chat.completions.create(model=self.model, messages=messages, max_tokens=100, stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        return "ok" if text.endswith(f"tok{CHUNKS - 1} ") else f"stream cut after {len(text)} characters"
+
+
+# --- phase 1: `down` under load, and a model started by its first request (3 jobs at most) ---
+
+def test_down_of_one_job_under_load_fails_no_request(stack: Stack) -> None:
+    stack.want("pair", 2)
+    first, second = wait_for(lambda: len(stack.ready("pair")) == 2 and stack.ready("pair"), 60, "two replicas")
+    load = Load(stack.client(), "pair").start()
+    try:
+        time.sleep(3)
+        out = stack.cli("down", str(first.job_id))  # drains: no --now
+        time.sleep(3)
+    finally:
+        load.stop()
+    assert "draining; requests in flight finish first" in out and "ended (COMPLETED)" in out
+    assert load.failures == [] and load.sent > 10 and load.streams > 2
+    assert stack.job(first).state == "COMPLETED" and [r.id for r in stack.ready("pair")] == [second.id]
+    stack.stop("pair")
+
+
+def test_first_request_starts_an_on_demand_model_and_idle_releases_it(stack: Stack) -> None:
+    assert stack.target("lazy") is None  # nothing wanted, nothing running
+    answer = stack.client().chat.completions.create(model="lazy", messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content  # answered once the job it triggered was ready
+    (row,) = stack.rows("lazy")
+    target = stack.target("lazy")
+    assert target is not None and target.desired_replicas == 1
+    # no request for on_demand_idle_s: the target returns to 0 and the replica drains
+    wait_for(lambda: stack.rows("lazy")[0].state == "gone", 60, "the idle replica to be released")
+    assert stack.rows("lazy")[0].reason == "COMPLETED" and stack.job(row).state == "COMPLETED"
+    assert (stack.target("lazy") or target).desired_replicas == 0
+
+
+# --- phase 2: three handovers under load, beside a model whose successors fail (4 jobs at most) ---
+
+@pytest.fixture(scope="module")
+def flaky(stack: Stack) -> Load:
+    """A `flaky` replica serving under light load; its successors will fail at once."""
+    stack.want("flaky", 1)
+    wait_for(lambda: stack.ready("flaky"), 60, "the first flaky replica")
+    return Load(stack.client(), "flaky", workers=1, pause_s=0.5).start()
+
+
+def test_three_handovers_under_load_lose_no_request(stack: Stack, flaky: Load) -> None:
+    stack.want("fake", 1)
+    wait_for(lambda: stack.ready("fake"), 60, "the first replica")
+    load = Load(stack.client(), "fake").start()
+    try:
+        # a successor starts 90 s before each 2-minute limit; the old job drains once it is ready
+        wait_for(lambda: [r.state for r in stack.rows("fake")][:4] == ["gone"] * 3 + ["ready"], 200, "three handovers")
+        time.sleep(2)
+    finally:
+        load.stop()
+    rows = stack.rows("fake")[:4]
+    assert [r.predecessor_id for r in rows] == [None, rows[0].id, rows[1].id, rows[2].id]
+    jobs = [stack.job(r) for r in rows]
+    overlaps = [_overlap(old, new) for old, new in zip(jobs, jobs[1:])]
+    print(f"\nhandovers: {load.sent} requests sent ({load.streams} streams), {len(load.failures)} failed; "
+          f"overlap per handover: {', '.join(f'{o:.1f} s' for o in overlaps)}")
+    assert load.failures == [] and load.sent > 100
+    assert [j.state for j in jobs[:3]] == ["COMPLETED"] * 3  # drained before the limit, not TIMEOUT
+    assert [r.reason for r in rows[:3]] == ["COMPLETED"] * 3
+    stack.stop("fake")
+
+
+def _overlap(old: JobInfo, new: JobInfo) -> float:
+    """Seconds both jobs ran: from the new job's start to the old job's end."""
+    assert old.end_time and new.start_time
+    return (old.end_time - new.start_time).total_seconds()
+
+
+def test_successor_that_fails_leaves_the_old_job_serving_until_its_end(stack: Stack, flaky: Load) -> None:
+    old = stack.rows("flaky")[0]
+    wait_for(lambda: (stack.target("flaky") or old).stopped_reason, 120, "the supervisor to give up on successors")
+    status = stack.cli("status", "--router", "http://127.0.0.1:9")
+    line = next(text for text in status.splitlines() if text.startswith("flaky: "))
+    assert "STOPPED: stopped after 3 quick failures" in line and "FAILED (exit code 3)" in line
+    wait_for(lambda: stack.rows("flaky")[0].state == "gone", 150, "the old job's end")
+    time.sleep(1)
+    flaky.stop()
+    assert stack.job(old).state == "COMPLETED"  # it drained itself on Slurm's end-of-job signal
+    served = [t for t, text in flaky.outcomes if text == "ok"]
+    refused = [(t, text) for t, text in flaky.outcomes if text != "ok"]
+    assert len(served) > 20 and refused and max(served) < min(t for t, _ in refused)  # served to its end
+    assert all("503" in text and "offline" in text for _, text in refused), refused[:3]
+    with pytest.raises(openai.InternalServerError) as caught:  # an answer, not a hang
+        stack.client().chat.completions.create(model="flaky", messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.status_code == 503 and caught.value.response.headers.get("Retry-After")
