@@ -83,6 +83,18 @@ def add_routes(app: web.Application) -> None:
     state.observers.append(availability.observe)
     if availability.on_demand:
         app.cleanup_ctx.append(_idle_context)
+    _add_metrics(app, state)
+
+
+def _add_metrics(app: web.Application, state: RouterState) -> None:
+    """Time left and late successors on /metrics, when the metrics add-on is mounted."""
+    try:
+        from router.handover_metrics import HandoverCollector
+        from router.metrics import METRICS
+    except ModuleNotFoundError:  # prometheus_client is not installed: no /metrics at all
+        return
+    if METRICS in app:
+        app[METRICS].registry.register(HandoverCollector(state, state.settings.cluster.successor_late_s))
 
 
 def maintenance_error(window: Window, now: datetime) -> RouterError:

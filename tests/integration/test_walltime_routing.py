@@ -180,3 +180,20 @@ def test_on_demand_wait_is_bounded_and_ends_in_503_with_retry_after(
     with pytest.raises(openai.InternalServerError) as caught:
         ask(router, key, model="lazy")
     assert caught.value.status_code == 503 and caught.value.response.headers["Retry-After"] == "7"
+
+
+def test_metrics_show_time_left_and_a_late_successor_with_slurms_reason(
+    boot: Callable[..., RouterHandle], registry: Registry, make_backend: Callable[..., FakeBackend],
+) -> None:
+    old = registry.add_backend("fake", make_backend(models=["fake"], secret=SECRET).url)
+    ends_in(registry, old.id, 100)
+    with session_factory(registry.engine)() as session:
+        now = utcnow()
+        session.add(Deployment(model="fake", state="pending", job_id="77", reason="Resources", predecessor_id=old.id,
+                               created_at=now, updated_at=now))
+        session.commit()
+    router = boot(router={"admin_token": "admin"}, successor_late_s=300)
+    text = requests.get(router.url + "/metrics", headers={"Authorization": "Bearer admin"}, timeout=5).text
+    assert f'llm_router_successor_late{{deployment="{old.id + 1}",model="fake",reason="Resources",state="pending"}} 1.0' in text
+    left = next(line for line in text.splitlines() if line.startswith("llm_router_backend_seconds_left{"))
+    assert f'backend="{old.id}"' in left and 90 < float(left.split()[-1]) <= 100
