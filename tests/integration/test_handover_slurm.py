@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +245,21 @@ class Load:
         chunks = self.client.chat.completions.create(model=self.model, messages=messages, max_tokens=100, stream=True)
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         return "ok" if text.endswith(f"tok{CHUNKS - 1} ") else f"stream cut after {len(text)} characters"
+
+
+def test_maint_reservations_are_read_as_windows_in_utc(stack: Stack, private_cluster: SlurmCluster) -> None:
+    start = (utcnow() + timedelta(days=2)).replace(second=0, microsecond=0)
+    local = start.replace(tzinfo=UTC).astimezone().strftime("%Y-%m-%dT%H:%M:%S")
+    argv = ["scontrol", "create", "reservation", "reservationname=llm-maint", f"starttime={local}", "duration=90",
+            "flags=maint", "users=root", f"nodes={private_cluster.node}"]
+    subprocess.run(argv, env=private_cluster.env, check=True, capture_output=True, timeout=30)
+    try:
+        (window,) = stack.slurm.reservations()
+    finally:
+        subprocess.run(["scontrol", "delete", "reservationname=llm-maint"], env=private_cluster.env, timeout=30,
+                       check=False, capture_output=True)
+    assert (window.name, window.start, window.end) == ("llm-maint", start, start + timedelta(minutes=90))
+    assert stack.slurm.reservations() == ()
 
 
 # --- phase 1: `down` under load, and a model started by its first request (3 jobs at most) ---
