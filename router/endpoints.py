@@ -153,7 +153,8 @@ def ready_pool(state: RouterState, model: str) -> Pool:
     elif route is None:
         raise RouterError(404, f"The model {model!r} does not exist", param="model", code="model_not_found")
     status = model_status(pool.backends if pool is not None else ())
-    raise unavailable(model, status, time.time(), state.settings.router.retry_after_s)
+    wanted = state.view.snapshot.targets.get(route.pool if route is not None else model, 0)
+    raise unavailable(model, status, time.time(), state.settings.router.retry_after_s, wanted)
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -56,9 +56,14 @@ def retry_after(status: ModelStatus, now: float, default_s: int) -> int:
     return default_s
 
 
-def unavailable(name: str, status: ModelStatus, now: float, default_s: int) -> RouterError:
-    """The 503 for a known model with no ready replica: loading, queued or offline, and when to retry."""
+def unavailable(name: str, status: ModelStatus, now: float, default_s: int, wanted: int = 0) -> RouterError:
+    """The 503 for a known model with no ready replica: loading, queued, restarting or offline."""
     wait = retry_after(status, now, default_s)
+    if status.status == OFFLINE and wanted > 0:
+        # The supervisor is replacing a replica that ended (it may be backing off after a failure).
+        message = (f"The model {name!r} has no replica serving right now; the service is starting "
+                   f"a replacement{_why(status.reason)}. Try again in about {wait} s.")
+        return RouterError(503, message, code="model_restarting", headers={"Retry-After": str(wait)})
     if status.status == LOADING:
         message = (f"The model {name!r} is loading: its job is running and the server is not ready yet. "
                    f"Try again in about {wait} s.")

@@ -167,3 +167,12 @@ def test_json_log_line_has_the_fields_and_no_key_or_text() -> None:
     assert (line["request_id"], line["status"], line["key_id"], line["ttft_ms"]) == ("req-1", 200, 3, 250.0)
     assert (line["prompt_tokens"], line["completion_tokens"]) == (11, 5)
     assert line["ts"].endswith("Z") and "T" in line["ts"]
+
+
+def test_offline_model_that_is_wanted_says_a_replacement_is_coming() -> None:
+    from router.model_status import OFFLINE, ModelStatus, unavailable
+
+    err = unavailable("m", ModelStatus(OFFLINE), now=0.0, default_s=7, wanted=1)
+    assert err.status == 503 and err.code == "model_restarting"
+    assert "starting a replacement" in err.message and err.headers["Retry-After"] == "7"
+    assert unavailable("m", ModelStatus(OFFLINE), now=0.0, default_s=7).code == "model_offline"
