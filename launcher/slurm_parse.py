@@ -6,11 +6,12 @@ Slurm >= 23.02 (state lists, ``{"set", "infinite", "number"}`` numbers, exit-cod
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 from typing import Any
+
+import orjson
 
 FINISHED_STATES = frozenset({
     "BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
@@ -72,6 +73,8 @@ def parse_sbatch_output(text: str) -> str:
 
 def _number(value: Any) -> int | None:
     """An int from either shape; None for unset/infinite (>= 23.02 number objects)."""
+    if type(value) is int:  # the common case first: this runs ~5 times per job per pass
+        return value
     if isinstance(value, dict):
         if not value.get("set", False) or value.get("infinite", False):
             return None
@@ -129,8 +132,8 @@ def job_from_json(job: dict[str, Any]) -> JobInfo:
 def _load(text: str, command: str) -> dict[str, Any]:
     """Decode Slurm JSON; errors Slurm reports inside it (exit status 0!) become SlurmError."""
     try:
-        data = json.loads(text)
-    except ValueError as exc:
+        data = orjson.loads(text)  # 2x the stdlib's speed: 1,000 jobs are 3 MB of JSON each pass
+    except orjson.JSONDecodeError as exc:
         raise SlurmError(f"{command} printed invalid JSON ({exc}): {text.strip()[:120]!r}") from None
     if not isinstance(data, dict):
         raise SlurmError(f"{command} printed unexpected JSON: {text.strip()[:120]!r}")
@@ -195,13 +198,18 @@ def split_key_values(line: str) -> dict[str, str]:
     return fields
 
 
+def _ascii_digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
 def parse_duration_s(text: str) -> int | None:
     """Seconds from Slurm's time format (min, min:s, h:min:s, d-h, d-h:min, d-h:min:s); None for UNLIMITED."""
     days, dash, clock = text.partition("-")
     if not dash:
         days, clock = "0", text
     parts = clock.split(":")
-    if not (days.isdigit() and all(p.isdigit() for p in parts)) or len(parts) > 3:
+    # isascii: str.isdigit() also accepts digits such as '¹' that int() refuses.
+    if not (_ascii_digits(days) and all(_ascii_digits(p) for p in parts)) or len(parts) > 3:
         return None
     nums = [int(p) for p in parts]
     if dash:  # with days the first field is hours

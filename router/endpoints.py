@@ -145,15 +145,16 @@ def ready_pool(state: RouterState, model: str) -> Pool:
         known = ", ".join(names.entries[model].public_names)
         raise RouterError(404, f"The model {model!r} does not exist; its public names are: {known}",
                           param="model", code="model_not_found")
-    pool = pools.get(route.pool if route is not None else model)
+    pool_name = route.pool if route is not None else model
+    pool = pools.get(pool_name)
+    wanted = state.view.snapshot.targets.get(pool_name, 0)
     if pool is not None:
         for backend in pool.backends:
             if backend.routable:
                 return pool
-    elif route is None:
+    elif route is None and not wanted:  # a model the supervisor is restarting is not unknown
         raise RouterError(404, f"The model {model!r} does not exist", param="model", code="model_not_found")
     status = model_status(pool.backends if pool is not None else ())
-    wanted = state.view.snapshot.targets.get(route.pool if route is not None else model, 0)
     raise unavailable(model, status, time.time(), state.settings.router.retry_after_s, wanted)
 
 
