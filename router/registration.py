@@ -155,8 +155,10 @@ def deregister(session: Session, claim: Claim) -> dict[str, Any]:
         return {"deployment_id": row.id, "state": row.state}
     now = utcnow()
     # The supervisor marks a job gone with Slurm's final state; a hand-started server has no job.
+    # Keep why the supervisor started the drain (e.g. "handed over to #7") over the job's echo.
+    if not (row.state == "draining" and row.reason):
+        row.reason = claim.reason or "deregistered by the server"
     row.state = "draining" if row.job_id else "gone"
-    row.reason = claim.reason or "deregistered by the server"
     row.gone_at = now if row.state == "gone" else row.gone_at
     row.updated_at = now
     session.commit()
