@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from router.accounting import Usage
-from router.walltime import choose_in_time
+from router.balancer import choose_backend
 from router.errors import CLIENT_GONE, RouterError, envelope
 from router.health import after_failure, apply
 from router.snapshot import Backend, Pool
@@ -93,7 +93,7 @@ class Upstream:
         tried: list[Backend] = []
         failure: _Retry | None = None
         while True:
-            backend = choose_in_time(pool.backends, pool.turn, tried, call.hard_end, call.soft_end)
+            backend = choose_backend(pool.backends, pool.turn, tried, call.hard_end, call.soft_end)
             pool.turn += 1
             if backend is None:
                 raise self._unavailable(failure or _Retry(503, _no_backend(pool, call)))

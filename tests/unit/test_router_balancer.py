@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from router.balancer import choose
+from router.balancer import choose, choose_backend
 
 
 @dataclass(eq=False)
@@ -41,3 +41,38 @@ def test_unroutable_and_excluded_are_skipped(routable: tuple[bool, bool], exclud
 
 def test_empty_pool() -> None:
     assert choose([], 5) is None
+
+
+@dataclass(eq=False)
+class R:
+    name: str
+    end_at: float = float("inf")
+    outstanding: int = 0
+    routable: bool = True
+
+
+def test_large_pool_spreads_equal_load_over_every_replica() -> None:
+    pool = [R(str(i)) for i in range(100)]
+    chosen = {choose_backend(pool, turn, (), 0.0, 0.0).name for turn in range(2000)}  # type: ignore[union-attr]
+    assert len(chosen) == 100
+
+
+def test_large_pool_avoids_busy_replicas() -> None:
+    pool = [R(str(i), outstanding=50 if i < 50 else 0) for i in range(100)]
+    picks = [int(choose_backend(pool, turn, (), 0.0, 0.0).name) for turn in range(1000)]  # type: ignore[union-attr]
+    assert sum(1 for p in picks if p < 50) < 300  # the better of two: a busy one only when both are
+
+
+def test_large_pool_keeps_the_wall_time_rules() -> None:
+    # 40 draining (end before the threshold at 60), 50 too short for this request (soft end 600),
+    # 9 unroutable, 1 excluded, and only replica 99 runs long enough: every request goes there.
+    pool = ([R(f"drain{i}", end_at=50) for i in range(40)] + [R(f"short{i}", end_at=300) for i in range(50)]
+            + [R(f"down{i}", routable=False) for i in range(9)] + [R("tried"), R("long", end_at=5000)])
+    tried = (pool[-2],)
+    assert {choose_backend(pool, turn, tried, 60.0, 600.0).name for turn in range(500)} == {"long"}  # type: ignore[union-attr]
+    # Without the long one, the short replica that runs longest, never a draining one.
+    pool[-1].routable = False
+    pool[41].end_at = 400
+    assert {choose_backend(pool, turn, tried, 60.0, 600.0).name for turn in range(200)} == {"short1"}  # type: ignore[union-attr]
+    pool[40:90] = []
+    assert choose_backend(pool, 7, tried, 60.0, 600.0) is None
