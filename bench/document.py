@@ -20,11 +20,10 @@ def render(results: Results, notes: list[str], plan: Plan, cores: Cores, seconds
         f"- pinning: {pinning}",
         f"- phases: {plan.seconds} s each, {plan.reps} round(s); wrk -t1 for rates; "
         f"paced streams {plan.streams} x {plan.stream_chunks} chunks {plan.stream_interval_ms:g} ms apart; "
+        f"lone streams {plan.lone_streams} one after another, 5 chunks; "
         f"slow streams {plan.many_streams} x {plan.many_chunks} chunks {plan.many_interval_ms:g} ms apart",
         "- CPU = utime+stime of the proxy's process tree over exactly the phase, divided by the "
         "requests wrk completed (direct: the fake backend's own CPU, i.e. its capacity)",
-        "- router-gc: the same router (accounting on) started through bench/tuned_router.py, which "
-        "freezes start-up objects and raises the GC's young threshold: a preview of a proposed change",
         "",
         *main_table(results), "",
         *growth_table(results), "",

@@ -36,11 +36,12 @@ class Plan:
     growth: bool = True
     reps: int = 2
     batches: int = 3  # of paced streams per round, for a steadier TTFT median
+    lone_streams: int = 20  # one at a time: TTFT without other streams queued in the proxy
 
 
 QUICK = Plan(seconds=2, warmup_s=0, many_chunks=8)
 SMOKE = Plan(seconds=1, warmup_s=0, streams=4, stream_chunks=5, many_streams=20, many_chunks=3,
-             many_interval_ms=50.0, growth=False, reps=1, batches=1)
+             many_interval_ms=50.0, growth=False, reps=1, batches=1, lone_streams=3)
 
 
 def request_bodies() -> dict[str, bytes]:
@@ -95,15 +96,21 @@ def measure(target: Running, plan: Plan, work: Path, cores: Cores) -> Figures:
     one = _rate(target, chat, "chat", 1, plan.seconds, work, cores)
     many = _rate(target, chat, "chat", plan.rate_connections, plan.seconds, work, cores)
     emb = _rate(target, embed, "embed", plan.embed_connections, plan.seconds, work, cores)
+    before = procs.cpu_seconds(target.proc.pid)
     streams = asyncio.run(run_streams(target.url + chat, target.key, CHAT_MODEL, plan.streams,
                                       plan.stream_chunks, plan.stream_interval_ms, plan.batches))
+    stream_cpu = procs.cpu_seconds(target.proc.pid) - before
+    lone = asyncio.run(run_streams(target.url + chat, target.key, CHAT_MODEL, 1, 5,
+                                   plan.stream_interval_ms, plan.lone_streams))
     return {
         "startup_ms": target.startup_s * 1000,
         "p50_us": one["p50_us"], "p99_us": one["p99_us"], "cpu_c1_us": one["cpu_us"],
         "rps": many["rps"], "cpu_us": many["cpu_us"],
         "embed_rps": emb["rps"], "embed_cpu_us": emb["cpu_us"],
         "ttft_ms": streams.ttft_p50_ms, "chunks_s": streams.chunks_per_s,
-        "errors": one["errors"] + many["errors"] + emb["errors"] + streams.errors,
+        "stream_cpu_ms": stream_cpu * 1e3 / (plan.streams * plan.batches),
+        "lone_ttft_ms": lone.ttft_p50_ms,
+        "errors": one["errors"] + many["errors"] + emb["errors"] + streams.errors + lone.errors,
         "rss_mb": procs.peak_rss_mb(target.proc.pid),
     }
 

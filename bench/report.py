@@ -15,7 +15,7 @@ from pathlib import Path
 from bench.measure import Figures
 
 Results = dict[str, list[Figures]]
-COLUMNS = ("direct", "floor", "nginx", "router", "router-noacct", "router-gc")
+COLUMNS = ("direct", "floor", "nginx", "router", "router-noacct")
 ROWS = (
     ("startup_ms", "start-up to /health answering (ms)"),
     ("p50_us", "latency p50, c=1 (µs)"),
@@ -29,6 +29,9 @@ ROWS = (
     ("ttft_ms", "paced streams: TTFT p50 (ms)"),
     ("added_ttft_ms", "paced streams: TTFT over direct (ms)"),
     ("chunks_s", "paced streams: chunks/s (median stream x streams)"),
+    ("stream_cpu_ms", "paced streams: proxy CPU per stream (ms)"),
+    ("lone_ttft_ms", "lone streams, one at a time: TTFT p50 (ms)"),
+    ("added_lone_ttft_ms", "lone streams: TTFT over direct (ms)"),
     ("errors", "errors (all phases)"),
     ("rss_mb", "peak RSS (MB)"),
 )

@@ -72,11 +72,10 @@ class Runner:
                     add_backends(db, 98, self.bench.backend_url, self.secret)
                 self.dbs[name] = db
 
-    def router(self, name: str, db: str = "base", accounting: bool = True,
-               gc_tuned: bool = False) -> Starter:
+    def router(self, name: str, db: str = "base", accounting: bool = True) -> Starter:
         config = self.work / "settings.toml"
         def start() -> Running:
-            running = start_router(self.bench, name, self.dbs[db], config, accounting, gc_tuned)
+            running = start_router(self.bench, name, self.dbs[db], config, accounting)
             running.key = self.router_key
             return running
         return start
@@ -88,7 +87,6 @@ class Runner:
         if self.dbs:
             chosen.append(("router", self.router("router")))
             chosen.append(("router-noacct", self.router("router-noacct", accounting=False)))
-            chosen.append(("router-gc", self.router("router-gc", gc_tuned=True)))
         return chosen
 
     def record(self, name: str, figures: Figures) -> None:

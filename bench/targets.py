@@ -67,12 +67,10 @@ def start_nginx(bench: Bench) -> Running:
     return _running("nginx", procs.pinned(nginx_argv(prefix, conf), bench.cores.proxy), port, bench)
 
 
-def start_router(bench: Bench, name: str, db: Path, config: Path, accounting: bool,
-                 gc_tuned: bool = False) -> Running:
-    """The project's router, started with its CLI as an admin would (or via bench.tuned_router)."""
+def start_router(bench: Bench, name: str, db: Path, config: Path, accounting: bool) -> Running:
+    """The project's router, started with its CLI as an admin would."""
     port = procs.free_port()
-    command = [sys.executable, "-m", "bench.tuned_router"] if gc_tuned else llm_launch()
-    argv = [*command, "--db", str(db), "--config", str(config), "router",
+    argv = [*llm_launch(), "--db", str(db), "--config", str(config), "router",
             "--host", "127.0.0.1", "--port", str(port)]
     if not accounting:
         argv.append("--no-accounting")

@@ -68,8 +68,6 @@ def verdicts(results: Results) -> list[Verdict]:
                        "up", "submit_ms", lambda v: True, " ms"),
         _ratio_verdict(results, "issue 4: router CPU, accounting on vs off (c=64)", "≤ 1.5x",
                        "router", "router-noacct", "cpu_us", lambda r: r <= 1.5),
-        _ratio_verdict(results, "preview: router with the proposed GC tuning vs floor (c=64)",
-                       "≤ 1.5x", "router-gc", "floor", "cpu_us", lambda r: r <= 1.5),
         _value_verdict(results, "issue 4: ledger records/s (end to end)", "≥ 20,000/s", "ledger",
                        "end_to_end_per_s", lambda v: v >= 20_000, "/s"),
     ]
