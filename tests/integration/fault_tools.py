@@ -17,6 +17,7 @@ from typing import Any
 import requests
 
 from tests.conftest import SECRET, LoopThread
+from tests.waiting import wait_for
 
 CHAT: dict[str, Any] = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -169,15 +170,6 @@ def _answers(url: str) -> bool:
     except requests.RequestException:
         return False
 
-
-def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
 def total(rows: Iterable[Any], index: int) -> int:

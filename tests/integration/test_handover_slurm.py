@@ -41,6 +41,7 @@ from router.app import create_app
 from router.serve import start
 from tests.conftest import LoopThread
 from tests.integration.slurm_fixtures import SCRIPT, SlurmCluster, slurm_cluster  # noqa: F401
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -179,15 +180,6 @@ def stack(private_cluster: SlurmCluster, servers: LoopThread, tmp_path_factory: 
         servers.run(runner.cleanup())
         engine.dispose()
 
-
-def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.25)
-    pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
 @dataclass

@@ -42,6 +42,7 @@ from router.app import create_app
 from router.serve import start
 from tests.conftest import LoopThread, Registry, RouterHandle
 from tests.integration.slurm_fixtures import SCRIPT, SlurmCluster, slurm_cluster  # noqa: F401
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -123,15 +124,6 @@ def make_harness(tmp_path: Path, slurm: SlurmClient, **cluster: Any) -> Harness:
     settings = Settings(cluster=replace(ClusterSettings(), **{**defaults, **cluster}))
     return Harness(engine, slurm, Supervisor(engine, slurm, _catalog(), settings, submit=_submit))
 
-
-def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
