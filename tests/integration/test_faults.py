@@ -34,10 +34,11 @@ from tests.conftest import SECRET, TEST_ROUTER, LoopThread, Registry, RouterHand
 from tests.fake_backend import FakeBackend
 from tests.integration.fault_tools import (
     CHAT, SUPERVISOR_WRITER, MisbehavingServer, Tally, burst, chat_answer, free_port, integrity, ledger_requests,
-    one_request, process_backend, read_head, wait_for,
+    one_request, process_backend, read_head,
 )
 from tests.integration.test_registration import TOKEN, submitted_job
 from tests.integration.test_router_cli import RouterProcess, _command, router_process  # noqa: F401
+from tests.waiting import wait_for
 
 STREAM_CHAT = {"chunks": 40, "chunk_delay_ms": 25}
 

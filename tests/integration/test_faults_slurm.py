@@ -19,7 +19,8 @@ from launcher.models import Deployment
 from tests.conftest import Registry, RouterHandle
 from tests.integration.fault_tools import Tally, one_request
 from tests.integration.slurm_fixtures import SlurmCluster, slurm_cluster  # noqa: F401
-from tests.integration.test_supervisor import FAKE_SERVER, Harness, private_cluster, real_harness, wait_for  # noqa: F401
+from tests.integration.test_supervisor import FAKE_SERVER, Harness, private_cluster, real_harness  # noqa: F401
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slurm
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}

@@ -1,9 +1,11 @@
 """Admin surfaces of the router: /internal/status needs the admin token."""
 
+from typing import Any
+
 import requests
 
 
-def test_internal_status_needs_the_admin_token(make_backend, make_router, registry) -> None:
+def test_internal_status_needs_the_admin_token(make_backend: Any, make_router: Any, registry: Any) -> None:
     backend = make_backend(models=["m1"])
     record = registry.add_backend("m1", backend.url, secret=None)
     url = f"{make_router(admin_token='adm-123').url}/internal/status"
@@ -16,6 +18,6 @@ def test_internal_status_needs_the_admin_token(make_backend, make_router, regist
     assert [(r["id"], r["model"], r["in_flight"], r["routable"]) for r in rows] == [(record.id, "m1", 0, True)]
 
 
-def test_internal_status_is_off_without_an_admin_token(make_router) -> None:
+def test_internal_status_is_off_without_an_admin_token(make_router: Any) -> None:
     response = requests.get(f"{make_router().url}/internal/status", headers={"Authorization": "Bearer x"}, timeout=10)
     assert response.status_code == 403 and "router.admin_token" in response.json()["error"]["message"]

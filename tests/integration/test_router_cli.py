@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -93,7 +94,7 @@ def test_sigterm_lets_the_stream_in_flight_finish(
     registry.add_backend("fake-chat", backend.url, secret=None)
     key = registry.add_key("dave")
     router = router_process("--no-accounting", "--set", "grace_period_s=20")
-    body = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    body: dict[str, Any] = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     with requests.post(router.url + "/chat/completions", headers={"Authorization": f"Bearer {key}"},
                        json=body, stream=True, timeout=30) as reply:
         chunks = reply.iter_content(None)
