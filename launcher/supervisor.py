@@ -28,7 +28,7 @@ from launcher.maintenance import Window, parse_windows
 from launcher.reconcile import Plan, Policy, Submission, Target, TargetUpdate, reconcile, record_failure
 from launcher.registry import DeploymentRecord
 from launcher.settings import ClusterSettings, Settings
-from launcher.slurm import SlurmClient, SlurmError
+from launcher.slurm import SlurmClient, SlurmError, open_slurm
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -290,7 +290,7 @@ def open_supervisor(settings: Settings, engine: Engine | None = None) -> Supervi
 
     engine = engine or open_engine(resolve_db_url(None, settings.database))
     catalog = load_catalog(resolve_catalog_path(None, settings.cluster.catalog))
-    return Supervisor(engine, SlurmClient(), catalog, settings)
+    return Supervisor(engine, open_slurm(), catalog, settings)
 
 
 async def supervise_async(supervisor: Supervisor, interval_s: float) -> None:

@@ -22,7 +22,7 @@ from launcher.deploy import prepare_log_dir, stop_deployments, submit_deployment
 from launcher.models import Deployment
 from launcher.registry import DeploymentError, DeploymentRecord, mark_gone, to_record
 from launcher.render import JobSecrets, RenderError, log_file, render_script
-from launcher.slurm import SlurmClient, SlurmError
+from launcher.slurm import SlurmClient, SlurmError, open_slurm
 
 catalog_option = click.option(
     "--catalog", "catalog_path", envvar="LLM_LAUNCH_CATALOG", metavar="PATH",
@@ -109,7 +109,8 @@ def up(ctx: CliContext, model: str, catalog_path: str | None, replicas: int | No
     """Submit MODEL's server as Slurm job(s) and record them as pending."""
     entry = _entry(ctx, catalog_path, model)
     replicas = replicas or max(entry.replicas, 1)
-    slurm = SlurmClient()
+    with admin_errors():
+        slurm = open_slurm()
     started = time.monotonic()
     records = []
     with admin_errors(), ctx.session() as session:
@@ -201,7 +202,7 @@ def down(ctx: CliContext, target: str, catalog_path: str | None, immediate: bool
         if not rows:
             click.echo(f"{target}: nothing running; {model}: {desired} replica(s) desired")
             return
-        stopped = stop_deployments(session, SlurmClient(), [r.id for r in rows], now=utcnow(),
+        stopped = stop_deployments(session, open_slurm(), [r.id for r in rows], now=utcnow(),
                                    immediate=immediate, timeout_s=timeout_s, progress=click.echo)
     for record in stopped:
         click.echo(f"stopped deployment {record.id} (job {record.job_id}): {record.reason}")
@@ -257,7 +258,7 @@ def _log_path(ctx: CliContext, job_id: str) -> Path:
 
 def _job_alive(job_id: str) -> bool:
     try:
-        info = SlurmClient().job(job_id)
+        info = open_slurm().job(job_id)
     except SlurmError:
         return False
     return info is not None and not info.finished

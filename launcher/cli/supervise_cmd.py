@@ -12,7 +12,7 @@ import click
 
 from launcher.catalog import CatalogError, load_catalog, resolve_catalog_path
 from launcher.cli.context import CliContext
-from launcher.slurm import SlurmClient
+from launcher.slurm import SlurmError, open_slurm
 from launcher.supervisor import Supervisor
 
 
@@ -30,9 +30,10 @@ def supervise(obj: CliContext, interval: float | None, once: bool, catalog_path:
     logging.getLogger("llm_launch").setLevel(logging.INFO)
     try:
         catalog = load_catalog(resolve_catalog_path(catalog_path, obj.settings.cluster.catalog))
-    except CatalogError as exc:
+        slurm = open_slurm()
+    except (CatalogError, SlurmError) as exc:
         raise click.ClickException(str(exc)) from None
-    supervisor = Supervisor(obj.engine, SlurmClient(), catalog, obj.settings)
+    supervisor = Supervisor(obj.engine, slurm, catalog, obj.settings)
     if once:
         summary = supervisor.run_once()
         click.echo(f"{summary.deployments} deployment(s), {summary.changed} changed, "
