@@ -28,6 +28,8 @@ def render(results: Results, notes: list[str], plan: Plan, cores: Cores, seconds
         *main_table(results), "",
         *growth_table(results), "",
         *verdict_table(results), "",
+        "A figure marked **miss** is explained, with its measured cause, in bench/README.md, "
+        "section \"Known gaps\".", "",
     ]
     if notes:
         lines += ["Notes:", *(f"- {n}" for n in notes), ""]
