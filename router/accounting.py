@@ -72,6 +72,10 @@ class Accounting(Protocol):
         """Settle the reservation with the real usage and append to the ledger (non-blocking)."""
         ...
 
+    def headers(self, key: KeyRecord, now: float) -> dict[str, str]:
+        """KEY's x-ratelimit-* headers now, for errors answered before admission (400, 403, 404)."""
+        ...
+
     async def start(self) -> None:
         """Load persisted budgets and start background writers."""
         ...
@@ -91,6 +95,9 @@ class NoAccounting:
         self, admission: Admission, status: int, usage: Usage, backend: str | None, now: float
     ) -> None:
         return None
+
+    def headers(self, key: KeyRecord, now: float) -> dict[str, str]:
+        return {}
 
     async def start(self) -> None:
         return None

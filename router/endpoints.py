@@ -45,26 +45,39 @@ def json_handler(endpoint: str) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
         key = authorized(request)
-        body = await read_body(request, state.settings.router.max_json_body_bytes)
-        doc = parse_json(body)
-        fields = inspect(doc)
-        route = state.names.routes.get(fields.model)
-        max_tokens = fields.max_tokens
-        if route is not None:  # a catalog name: its defaults, its limit, the server's own name
-            body, doc = apply_route(body, doc, route)
-            max_tokens = _reserve(state, endpoint, inspect(doc).max_tokens, route)
-        strip = fields.stream and endpoint in STREAM_USAGE and not fields.client_wants_usage
-        if strip:
-            body = with_include_usage(body, doc)
-        content_type = request.headers.get("Content-Type", "application/json")
-        estimate = len(body) // 4  # about four bytes of JSON per prompt token
-        call = Call(request.path, body, content_type, stream=fields.stream, strip_usage=strip,
-                    prompt_estimate=estimate, headers={"x-request-id": request[CTX].request_id})
-        info = RequestInfo(request[CTX].request_id, key, fields.model, endpoint, estimate,
-                           max_tokens, fields.stream)
-        return await dispatch(request, state, info, call)
+        try:
+            return await _json_request(request, state, key, endpoint)
+        except RouterError as err:
+            add_rate_headers(state, key, err)
+            raise
 
     return handle
+
+
+async def _json_request(request: web.Request, state: RouterState, key: KeyRecord, endpoint: str) -> web.StreamResponse:
+    body = await read_body(request, state.settings.router.max_json_body_bytes)
+    doc = parse_json(body)
+    fields = inspect(doc)
+    route = state.names.routes.get(fields.model)
+    max_tokens = fields.max_tokens
+    if route is not None:  # a catalog name: its defaults, its limit, the server's own name
+        body, doc = apply_route(body, doc, route)
+        max_tokens = _reserve(state, endpoint, inspect(doc).max_tokens, route)
+    strip = fields.stream and endpoint in STREAM_USAGE and not fields.client_wants_usage
+    if strip:
+        body = with_include_usage(body, doc)
+    content_type = request.headers.get("Content-Type", "application/json")
+    estimate = len(body) // 4  # about four bytes of JSON per prompt token
+    call = Call(request.path, body, content_type, stream=fields.stream, strip_usage=strip,
+                prompt_estimate=estimate, headers={"x-request-id": request[CTX].request_id})
+    info = RequestInfo(request[CTX].request_id, key, fields.model, endpoint, estimate,
+                       max_tokens, fields.stream)
+    return await dispatch(request, state, info, call)
+
+
+def add_rate_headers(state: RouterState, key: KeyRecord, err: RouterError) -> None:
+    """Give an error answered to a known key its x-ratelimit-* headers (the error's own win)."""
+    err.headers = {**state.accounting.headers(key, time.time()), **err.headers}
 
 
 def _reserve(state: RouterState, endpoint: str, asked: int, route: Route) -> int:
@@ -80,18 +93,26 @@ def audio_handler(endpoint: str) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
         key = authorized(request)
-        body = await read_body(request, state.settings.router.max_body_bytes)
-        content_type = request.headers.get("Content-Type", "")
-        if not content_type.lower().startswith("multipart/form-data"):
-            raise RouterError(400, "Audio requests must be multipart/form-data", code="invalid_request")
-        model = form_field(body, content_type, "model")
-        if not model:
-            raise RouterError(400, "You must provide a model parameter", param="model", code="missing_model")
-        call = Call(request.path, body, content_type, headers={"x-request-id": request[CTX].request_id})
-        info = RequestInfo(request[CTX].request_id, key, model, endpoint, 0, 0)
-        return await dispatch(request, state, info, call)
+        try:
+            return await _audio_request(request, state, key, endpoint)
+        except RouterError as err:
+            add_rate_headers(state, key, err)
+            raise
 
     return handle
+
+
+async def _audio_request(request: web.Request, state: RouterState, key: KeyRecord, endpoint: str) -> web.StreamResponse:
+    body = await read_body(request, state.settings.router.max_body_bytes)
+    content_type = request.headers.get("Content-Type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise RouterError(400, "Audio requests must be multipart/form-data", code="invalid_request")
+    model = form_field(body, content_type, "model")
+    if not model:
+        raise RouterError(400, "You must provide a model parameter", param="model", code="missing_model")
+    call = Call(request.path, body, content_type, headers={"x-request-id": request[CTX].request_id})
+    info = RequestInfo(request[CTX].request_id, key, model, endpoint, 0, 0)
+    return await dispatch(request, state, info, call)
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

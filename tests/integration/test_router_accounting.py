@@ -10,6 +10,7 @@ from typing import Callable
 
 import requests
 
+from launcher.keys import KeyRecord
 from router.accounting import Admission, QuotaExceeded, RequestInfo, Usage
 from tests.conftest import Registry, RouterHandle
 from tests.fake_backend import FakeBackend
@@ -33,6 +34,9 @@ class Recording:
 
     def finish(self, admission: Admission, status: int, usage: Usage, backend: str | None, now: float) -> None:
         self.finished.append((admission.info.request_id, status, usage, backend))
+
+    def headers(self, key: KeyRecord, now: float) -> dict[str, str]:
+        return {"x-ratelimit-remaining-requests": "9"}
 
     async def start(self) -> None:
         return None
