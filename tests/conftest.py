@@ -31,6 +31,14 @@ except ImportError:
     pass
 
 T = TypeVar("T")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the e2e tier last: its session-wide stack holds real model servers (CPU, fake GPUs)
+    that the Slurm integration tests need, and it is torn down only when the session ends."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)
+
+
 # Short timeouts keep failure tests fast; probes are off unless a test asks for them.
 TEST_ROUTER = {"stall_timeout_s": 0.5, "connect_timeout_s": 1.0, "health_interval_s": 3600.0,
                "registry_refresh_s": 0.05, "retry_after_s": 7, "grace_period_s": 2.0}
