@@ -10,39 +10,14 @@ request and runs past the request's worst case; otherwise the exact scan decides
 
 from __future__ import annotations
 
-from typing import Collection, Protocol, Sequence, TypeVar
+from typing import Collection, Sequence, TypeVar
 
 from router.walltime import Timed, choose_in_time
 
 SCAN_LIMIT = 8
 # Fibonacci hashing: consecutive turns land far apart in the pool.
 _GOLDEN = 0x9E3779B1
-
-
-class Candidate(Protocol):
-    @property
-    def outstanding(self) -> int: ...
-
-    @property
-    def routable(self) -> bool: ...
-
-
-C = TypeVar("C", bound=Candidate)
 T = TypeVar("T", bound=Timed)
-
-
-def choose(candidates: Sequence[C], turn: int, exclude: Collection[C] = ()) -> C | None:
-    """The routable candidate with the fewest requests in flight; among equals the first from TURN."""
-    count = len(candidates)
-    best: C | None = None
-    best_load = 0
-    for offset in range(count):
-        candidate = candidates[(turn + offset) % count]
-        if not candidate.routable or candidate in exclude:
-            continue
-        if best is None or candidate.outstanding < best_load:
-            best, best_load = candidate, candidate.outstanding
-    return best
 
 
 def choose_backend(candidates: Sequence[T], turn: int, exclude: Collection[T], hard_end: float,

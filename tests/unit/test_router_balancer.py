@@ -6,23 +6,29 @@ from dataclasses import dataclass
 
 import pytest
 
-from router.balancer import choose, choose_backend
+from router.balancer import choose_backend
 
 
 @dataclass(eq=False)
-class B:
+class R:
     name: str
+    end_at: float = float("inf")
     outstanding: int = 0
     routable: bool = True
 
 
+def choose(pool: list[R], turn: int, exclude: list[R] | None = None) -> R | None:
+    """The balancer as the proxy calls it for a request without time constraints."""
+    return choose_backend(pool, turn, exclude or (), 0.0, 0.0)
+
+
 def test_fewest_outstanding_wins() -> None:
-    pool = [B("a", 3), B("b", 1), B("c", 2)]
+    pool = [R("a", outstanding=3), R("b", outstanding=1), R("c", outstanding=2)]
     assert choose(pool, 0).name == "b"  # type: ignore[union-attr]
 
 
 def test_ties_rotate_with_the_turn() -> None:
-    pool = [B("a"), B("b"), B("c")]
+    pool = [R("a"), R("b"), R("c")]
     assert [choose(pool, turn).name for turn in range(4)] == ["a", "b", "c", "a"]  # type: ignore[union-attr]
 
 
@@ -34,21 +40,13 @@ def test_ties_rotate_with_the_turn() -> None:
 ])
 def test_unroutable_and_excluded_are_skipped(routable: tuple[bool, bool], exclude: tuple[str, ...],
                                              expected: str | None) -> None:
-    pool = [B("a", routable=routable[0]), B("b", routable=routable[1])]
+    pool = [R("a", routable=routable[0]), R("b", routable=routable[1])]
     chosen = choose(pool, 0, [b for b in pool if b.name in exclude])
     assert (chosen.name if chosen else None) == expected
 
 
 def test_empty_pool() -> None:
     assert choose([], 5) is None
-
-
-@dataclass(eq=False)
-class R:
-    name: str
-    end_at: float = float("inf")
-    outstanding: int = 0
-    routable: bool = True
 
 
 def test_large_pool_spreads_equal_load_over_every_replica() -> None:
