@@ -69,8 +69,12 @@ class LazyGroup(click.Group):
     "--config", "config", envvar="LLM_LAUNCH_CONFIG", type=click.Path(dir_okay=False),
     help="Settings file (TOML).",
 )
+@click.option(
+    "--set", "overrides", multiple=True, metavar="SECTION.NAME=VALUE",
+    help="Override a setting of the file, e.g. --set cluster.partition=gpu (repeatable).",
+)
 @click.version_option(package_name="llm-launch")
 @click.pass_context
-def main(ctx: click.Context, db: str | None, config: str | None) -> None:
+def main(ctx: click.Context, db: str | None, config: str | None, overrides: tuple[str, ...]) -> None:
     """Run an OpenAI-compatible LLM API on a Slurm cluster."""
-    ctx.obj = CliContext(db_option=db, config_option=config)
+    ctx.obj = CliContext(db_option=db, config_option=config, overrides=overrides)

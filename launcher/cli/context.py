@@ -13,13 +13,14 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from launcher.db import RegistryError, open_engine, resolve_db_url, session_factory
-from launcher.settings import Settings, SettingsError, load_settings
+from launcher.settings import Settings, SettingsError, load_settings, with_overrides
 
 
 @dataclass
 class CliContext:
     db_option: str | None = None
     config_option: str | None = None
+    overrides: tuple[str, ...] = ()
     _settings: Settings | None = field(default=None, repr=False)
     _engine: Engine | None = field(default=None, repr=False)
 
@@ -28,7 +29,7 @@ class CliContext:
         """The settings file, loaded once; a broken file is a one-line CLI error."""
         if self._settings is None:
             try:
-                self._settings = load_settings(self.config_option)
+                self._settings = with_overrides(load_settings(self.config_option), self.overrides)
             except SettingsError as exc:
                 raise click.ClickException(str(exc)) from None
         return self._settings

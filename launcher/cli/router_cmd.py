@@ -6,14 +6,13 @@ import dataclasses
 import logging
 import os
 import sys
-import tomllib
 from typing import Any
 
 import click
 
 from launcher.catalog import CatalogError
 from launcher.cli.context import CliContext
-from launcher.settings import RouterSettings, Settings, SettingsError, settings_from_dict
+from launcher.settings import Settings, SettingsError, with_overrides
 
 
 @click.command()
@@ -60,24 +59,13 @@ def router(ctx: CliContext, host: str | None, port: int | None, no_accounting: b
 
 
 def with_router_overrides(settings: Settings, overrides: tuple[str, ...], **given: Any) -> Settings:
-    """SETTINGS with --set NAME=VALUE pairs and the explicit options applied, checked like the file."""
-    values: dict[str, Any] = dataclasses.asdict(settings.router)
-    for item in overrides:
-        name, sep, text = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"expected NAME=VALUE, got {item!r}", param_hint="--set")
-        values[name.strip().removeprefix("router.")] = _value(text.strip())
-    values.update({k: v for k, v in given.items() if v is not None})
+    """SETTINGS with --set NAME=VALUE pairs (router section) and the explicit options applied."""
+    pairs = [*overrides, *(f"router.{k}={_toml(v)}" for k, v in given.items() if v is not None)]
     try:
-        checked: RouterSettings = settings_from_dict({"router": values}, source="command line").router
+        return with_overrides(settings, pairs, default_section="router")
     except SettingsError as exc:
         raise click.BadParameter(str(exc), param_hint="--set") from None
-    return dataclasses.replace(settings, router=checked)
 
 
-def _value(text: str) -> Any:
-    """A TOML value (number, true/false, quoted string); anything else is taken as a string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+def _toml(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else repr(value) if isinstance(value, str) else str(value)

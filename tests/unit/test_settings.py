@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from launcher.db import resolve_db_url
-from launcher.settings import KeyLimits, SettingsError, load_settings
+from launcher.settings import KeyLimits, SettingsError, load_settings, with_overrides
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -77,3 +77,28 @@ def test_database_location_precedence(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("LLM_LAUNCH_DB", "postgresql://db.example/llm")
     assert resolve_db_url(None, "ignored.db") == "postgresql://db.example/llm"
     assert resolve_db_url(str(tmp_path / "cli.db"), "x") == f"sqlite:///{tmp_path}/cli.db"
+
+
+def test_command_line_overrides_any_setting_and_are_checked(tmp_path: Path) -> None:
+    base = load_settings(write(tmp_path, "[cluster]\npartition = \"cpu\"\n[key_defaults]\nrpm = 60\n"))
+    changed = with_overrides(base, ["cluster.partition=gpu", "cluster.port_range=[30000, 30010]",
+                                    "key_defaults.tpm=9000", "router.port=9001"])
+    assert changed.cluster.partition == "gpu" and changed.cluster.port_range == (30000, 30010)
+    assert changed.key_defaults == KeyLimits(rpm=60, tpm=9000) and changed.router.port == 9001
+    assert with_overrides(base, ["stall_timeout_s=5"], default_section="router").router.stall_timeout_s == 5
+    for bad, message in [("router.prot=1", "unknown setting 'prot'"), ("cluster.partition", "SECTION.NAME=VALUE"),
+                         ("router.port=abc", "expected a number")]:
+        with pytest.raises(SettingsError, match=message):
+            with_overrides(base, [bad])
+
+
+def test_global_set_reaches_the_commands(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from launcher.cli import main
+
+    args = ["--db", str(tmp_path / "r.db"), "--set", "key_defaults.rpm=7", "keys", "create", "eve", "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0 and '"rpm": 7' in result.output
+    bad = CliRunner().invoke(main, ["--db", str(tmp_path / "r.db"), "--set", "key_defaults.rpm=-1", "keys", "list"])
+    assert bad.exit_code == 1 and "must not be negative" in bad.output
