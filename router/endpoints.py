@@ -168,14 +168,16 @@ def ready_pool(state: RouterState, model: str) -> Pool:
                           param="model", code="model_not_found")
     pool_name = route.pool if route is not None else model
     pool = pools.get(pool_name)
-    wanted = state.view.snapshot.targets.get(pool_name, 0)
+    targets = state.view.snapshot.targets
     if pool is not None:
         for backend in pool.backends:
             if backend.routable:
                 return pool
-    elif route is None and not wanted:  # a model the supervisor is restarting is not unknown
+    elif route is None and not targets.get(pool_name):  # a model the supervisor keeps is not unknown
         raise RouterError(404, f"The model {model!r} does not exist", param="model", code="model_not_found")
     status = model_status(pool.backends if pool is not None else ())
+    # A replacement is coming only while the supervisor has not given up on the model.
+    wanted = 0 if pool_name in state.view.snapshot.stopped else targets.get(pool_name, 0)
     raise unavailable(model, status, time.time(), state.settings.router.retry_after_s, wanted)
 
 

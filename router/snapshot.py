@@ -80,6 +80,7 @@ class Snapshot:
     pools: Mapping[str, Pool] = field(default_factory=dict)
     backends: Mapping[int, Backend] = field(default_factory=dict)
     targets: Mapping[str, int] = field(default_factory=dict)  # desired replicas by model (`up`)
+    stopped: frozenset[str] = frozenset()  # models the supervisor gave up on after quick failures
 
 
 def merge_backends(
@@ -125,10 +126,10 @@ class RegistryView:
         loaded = await asyncio.to_thread(self._load_if_changed)
         if loaded is None:
             return False
-        keys, records, targets = loaded
+        keys, records, targets, stopped = loaded
         backends = merge_backends(self.snapshot.backends, records, self._names)
         pools = build_pools(backends, self.snapshot.pools)
-        self.snapshot = Snapshot(keys=keys, pools=pools, backends=backends, targets=targets)
+        self.snapshot = Snapshot(keys=keys, pools=pools, backends=backends, targets=targets, stopped=stopped)
         return True
 
     async def run(self, interval_s: float) -> None:
@@ -140,16 +141,23 @@ class RegistryView:
             except Exception as exc:  # the router keeps serving from the last snapshot
                 LOG.warning("registry refresh failed, serving the last snapshot: %s", exc)
 
-    def _load_if_changed(self) -> tuple[dict[str, KeyRecord], list[DeploymentRecord], dict[str, int]] | None:
+    def _load_if_changed(
+        self,
+    ) -> tuple[dict[str, KeyRecord], list[DeploymentRecord], dict[str, int], frozenset[str]] | None:
         with self._sessions() as session:
             fingerprint = tuple(session.execute(_FINGERPRINT).one())
             if fingerprint == self._fingerprint:
                 return None
             keys = {record.key_hash: record for record in list_keys(session)}
             records = list_deployments(session)
-            targets = {m: n for m, n in session.execute(select(ModelTarget.model, ModelTarget.desired_replicas))}
+            rows = session.execute(select(ModelTarget.model, ModelTarget.desired_replicas, ModelTarget.stopped_reason))
+            targets, stopped = {}, set()
+            for model, desired, stopped_reason in rows:
+                targets[model] = desired
+                if stopped_reason:
+                    stopped.add(model)
         self._fingerprint = fingerprint
-        return keys, records, targets
+        return keys, records, targets, frozenset(stopped)
 
 
 # Every writer bumps updated_at, so counts and latest change times tell whether to reload.

@@ -37,3 +37,19 @@ def test_errors_to_a_known_key_carry_its_rate_limit_headers(stack: Any) -> None:
         assert answer.headers["x-ratelimit-limit-requests"] == "5"
         assert answer.headers["x-ratelimit-remaining-requests"] == "5"  # a refused request costs nothing
         assert answer.headers["x-ratelimit-limit-tokens"] == "1000"
+
+
+def test_a_model_the_supervisor_gave_up_on_is_offline(make_router: Any, registry: Any) -> None:
+    from launcher.models import ModelTarget
+
+    key = registry.add_key("bob")
+    with session_factory(registry.engine)() as session:
+        change_target(session, "broken", now=utcnow(), absolute=1)
+        target = session.get(ModelTarget, "broken")
+        assert target is not None
+        target.stopped_reason, target.updated_at = "stopped after 3 quick failures", utcnow()
+        session.commit()
+    router = make_router()
+    answer = requests.post(f"{router.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                           json={"model": "broken", "messages": []}, timeout=10)
+    assert answer.status_code == 503 and answer.json()["error"]["code"] == "model_offline"
