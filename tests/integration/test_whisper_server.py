@@ -127,7 +127,10 @@ def test_verbose_json_with_words_and_segments(server: str, clip: Path) -> None:
     assert result.language == "english"
     assert 2.0 < float(result.duration) < 5.0
     assert result.segments and result.segments[0].end > result.segments[0].start
-    assert result.words and "fox" in [w.word.lower().strip(".,") for w in result.words]
+    # The words are the text, word by word, with times (tiny.en may mishear one: no fixed word).
+    words = [w.word.lower().strip(".,") for w in result.words or []]
+    assert sum(word in words for word in KEYWORDS) >= 3, words
+    assert all(w.end >= w.start for w in result.words or [])
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the SDK marks translations deprecated
