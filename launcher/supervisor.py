@@ -5,15 +5,13 @@ Runs as `llm-launch supervise`, or inside the router (`supervisor_context`) in a
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from sqlalchemy import Engine, Table, select, update
 from sqlalchemy.exc import OperationalError
@@ -28,10 +26,7 @@ from launcher.maintenance import Window, parse_windows
 from launcher.reconcile import Plan, Policy, Submission, Target, TargetUpdate, reconcile, record_failure
 from launcher.registry import DeploymentRecord
 from launcher.settings import ClusterSettings, Settings
-from launcher.slurm import SlurmClient, SlurmError, open_slurm
-
-if TYPE_CHECKING:
-    from aiohttp import web
+from launcher.slurm import SlurmClient, SlurmError
 
 LOG = logging.getLogger("llm_launch.supervisor")
 _BUSY_RETRIES = 5
@@ -281,43 +276,3 @@ def with_busy_retries(action: Callable[[], _T], retries: int = _BUSY_RETRIES) ->
                 raise
             time.sleep(0.05 * 2**attempt)
     return action()
-
-
-def open_supervisor(settings: Settings, engine: Engine | None = None) -> Supervisor:
-    """A supervisor on the configured registry (or ENGINE), catalog and Slurm."""
-    from launcher.catalog import load_catalog, resolve_catalog_path
-    from launcher.db import open_engine, resolve_db_url
-
-    engine = engine or open_engine(resolve_db_url(None, settings.database))
-    catalog = load_catalog(resolve_catalog_path(None, settings.cluster.catalog))
-    return Supervisor(engine, open_slurm(), catalog, settings)
-
-
-async def supervise_async(supervisor: Supervisor, interval_s: float) -> None:
-    """The loop as an asyncio task: each pass runs in a worker thread, off the event loop."""
-    while True:
-        started = time.monotonic()
-        try:
-            await asyncio.to_thread(supervisor.run_once)
-        except Exception:  # keep supervising; the router must not lose its supervisor to one pass
-            LOG.exception("reconcile pass failed")
-        await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
-
-
-def supervisor_context(
-    settings: Settings, engine: Engine | None = None,
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    """An aiohttp cleanup context that supervises inside the router while the app runs.
-
-    In router/app.py: `if settings.router.supervise: app.cleanup_ctx.append(supervisor_context(settings, engine))`
-    """
-
-    async def context(app: web.Application) -> AsyncIterator[None]:
-        supervisor = await asyncio.to_thread(open_supervisor, settings, engine)
-        task = asyncio.create_task(supervise_async(supervisor, settings.cluster.reconcile_interval_s))
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    return context

@@ -52,7 +52,7 @@ def create_app(settings: Settings, engine: Engine, accounting: Accounting | None
     app.cleanup_ctx.append(_lifecycle)
     if rs.supervise:
         # Imported here: a router without the supervisor never loads the Slurm side.
-        from launcher.supervisor import supervisor_context
+        from launcher.supervisor_task import supervisor_context
 
         app.cleanup_ctx.append(supervisor_context(settings, engine))
     add_routes(app)

@@ -37,7 +37,7 @@ from launcher.settings import ClusterSettings, RouterSettings, Settings
 from launcher.slurm import SlurmClient
 from launcher.supervisor import Supervisor
 from router.registration import Claim, register, token_hash
-from launcher.supervisor import supervisor_context
+from launcher.supervisor_task import supervisor_context
 from router.app import create_app
 from router.serve import start
 from tests.conftest import LoopThread, Registry, RouterHandle
