@@ -41,12 +41,21 @@ def authorized(request: web.Request) -> KeyRecord:
 
 def json_handler(endpoint: str) -> Handler:
     """The handler for a JSON endpoint such as chat completions."""
+    return _keyed_handler(endpoint, _json_request)
 
+
+def audio_handler(endpoint: str) -> Handler:
+    """The handler for a multipart audio endpoint; the body goes upstream byte for byte."""
+    return _keyed_handler(endpoint, _audio_request)
+
+
+def _keyed_handler(endpoint: str, serve: Callable[[web.Request, RouterState, KeyRecord, str],
+                                                 Awaitable[web.StreamResponse]]) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
         key = authorized(request)
         try:
-            return await _json_request(request, state, key, endpoint)
+            return await serve(request, state, key, endpoint)
         except RouterError as err:
             add_rate_headers(state, key, err)
             raise
@@ -85,21 +94,6 @@ def _reserve(state: RouterState, endpoint: str, asked: int, route: Route) -> int
     if endpoint not in STREAM_USAGE:  # embeddings produce no output tokens
         return asked
     return reservation(asked, route.max_tokens, state.settings.router.default_reserve_tokens)
-
-
-def audio_handler(endpoint: str) -> Handler:
-    """The handler for a multipart audio endpoint; the body goes upstream byte for byte."""
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        state = request.app[STATE]
-        key = authorized(request)
-        try:
-            return await _audio_request(request, state, key, endpoint)
-        except RouterError as err:
-            add_rate_headers(state, key, err)
-            raise
-
-    return handle
 
 
 async def _audio_request(request: web.Request, state: RouterState, key: KeyRecord, endpoint: str) -> web.StreamResponse:
