@@ -24,6 +24,7 @@ from launcher.settings import ClusterSettings, RouterSettings, Settings
 from router.accounting import Admission, NoAccounting, RequestInfo, Usage
 from tests.conftest import SECRET, TEST_ROUTER, LoopThread, Registry, RouterHandle
 from tests.fake_backend import FakeBackend
+from tests.waiting import wait_for
 
 CATALOG = """
 [models.thinker]
@@ -173,6 +174,8 @@ def test_streamed_alias_gets_defaults_and_usage(cstack: CatalogStack) -> None:
     sent = last_body(cstack.backend)
     assert sent["chat_template_kwargs"] == {"enable_thinking": False}
     assert sent["stream_options"] == {"include_usage": True}
+    # The router settles just after the last byte left it: the client may read [DONE] first.
+    wait_for(lambda: cstack.accounting.usages, 5, "the stream's usage to be settled")
     assert cstack.accounting.usages[-1].completion_tokens == 5
 
 
@@ -202,7 +205,7 @@ def test_models_list_carries_status_replicas_and_catalog_fields(cstack: CatalogS
     with session_factory(cstack.registry.engine)() as session:
         session.add(ModelTarget(model="thinker", desired_replicas=3, updated_at=utcnow()))
         session.commit()
-    wait_for(lambda: listing(cstack)["think"]["replicas"]["wanted"] == 3)
+    wait_for(lambda: listing(cstack)["think"]["replicas"]["wanted"] == 3, 5, "the router to see the new target")
     models = listing(cstack)
     assert list(models) == ["think", "think-nonthinking", "queued", "embedder", "fake-whisper"]
     think = models["think"]
@@ -221,7 +224,8 @@ def test_a_key_sees_only_its_public_names(cstack: CatalogStack) -> None:
     key = cstack.registry.add_key("bob", models=["think-nonthinking"])
     c = openai.OpenAI(base_url=cstack.router.base_url, api_key=key, max_retries=0)
     wait_for(lambda: requests.get(cstack.router.base_url + "/models",
-                                  headers={"Authorization": f"Bearer {key}"}).status_code == 200)
+                                  headers={"Authorization": f"Bearer {key}"}).status_code == 200,
+             5, "the router to see the new key")
     assert [m.id for m in c.models.list()] == ["think-nonthinking"]
     c.chat.completions.create(model="think-nonthinking", messages=HELLO)
     with pytest.raises(openai.PermissionDeniedError):
@@ -240,7 +244,7 @@ def test_loading_and_offline_models_are_503_saying_so(cstack: CatalogStack) -> N
     assert (reply.status_code, reply.headers["Retry-After"]) == (503, "7")
     assert "is offline" in reply.json()["error"]["message"]
     add_row(cstack.registry, "embedder", "starting", node="gpu01")
-    wait_for(lambda: "is loading" in chat(cstack, "embedder").json()["error"]["message"])
+    wait_for(lambda: "is loading" in chat(cstack, "embedder").json()["error"]["message"], 5, "the loading state")
 
 
 def test_reasoning_answer_with_empty_content_is_served_and_keeps_the_backend_healthy(cstack: CatalogStack) -> None:
@@ -258,6 +262,7 @@ def test_text_transcription_is_charged_its_audio_seconds(cstack: CatalogStack) -
     text = client(cstack).audio.transcriptions.create(model="fake-whisper", file=("a.wav", b"RIFF....", "audio/wav"),
                                                       response_format="text")
     assert text.strip() == "hello from the fake whisper"
+    wait_for(lambda: cstack.accounting.usages, 5, "the answer's usage to be settled")
     assert cstack.accounting.usages[-1].audio_seconds == 3.0  # header 2.4 s, billed in whole seconds up
 
 
@@ -313,17 +318,6 @@ def listing(s: CatalogStack) -> dict[str, dict[str, Any]]:
 def chat(s: CatalogStack, model: str) -> requests.Response:
     return requests.post(s.router.base_url + "/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
                          headers={"Authorization": f"Bearer {s.key}"})
-
-
-def wait_for(check: Callable[[], bool], tries: int = 100) -> None:
-    """The router reloads the registry every 50 ms in tests; poll until it has."""
-    import time
-
-    for _ in range(tries):
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError("the router never saw the change")
 
 
 
