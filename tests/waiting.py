@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Callable, TypeVar
 
 import pytest
 
+T = TypeVar("T")
 
-def wait_for(check: Callable[[], Any], timeout_s: float, what: str, poll_s: float = 0.1) -> Any:
+
+def wait_for(check: Callable[[], T | None], timeout_s: float, what: str, poll_s: float = 0.1) -> T:
     """CHECK's first truthy value within TIMEOUT_S, else fail naming WHAT."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import openai
 import pytest
@@ -26,7 +26,6 @@ import requests
 from launcher.catalog import packaged_catalog
 from tests.integration.slurm_fixtures import SlurmCluster
 
-T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "scripts" / "demo"
 LLM_LAUNCH = str(Path(sys.executable).with_name("llm-launch"))
@@ -89,17 +88,6 @@ class DemoStack:
     def client(self, **options: Any) -> openai.OpenAI:
         """The openai SDK on this stack, without retries (tests see every answer)."""
         return openai.OpenAI(base_url=self.base_url, api_key=self.key, max_retries=0, **options)
-
-
-def wait_for(check: Callable[[], T | None], timeout_s: float, what: str, every_s: float = 0.25) -> T:
-    """CHECK's first truthy answer; fails naming WHAT after TIMEOUT_S."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every_s)
-    pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
 def model_entry(stack: DemoStack, name: str) -> dict[str, Any]:

@@ -23,7 +23,8 @@ from launcher.keys import create_key
 from launcher.registry import add_backend, list_deployments
 from launcher.settings import ClusterSettings, KeyLimits, RouterSettings, Settings
 from tests.conftest import LoopThread
-from tests.e2e.conftest import SPARE, DemoStack, model_entry, wait_for
+from tests.e2e.conftest import SPARE, DemoStack, model_entry
+from tests.waiting import wait_for
 from tests.e2e.recording_proxy import RecordingProxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm]

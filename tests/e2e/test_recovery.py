@@ -12,7 +12,8 @@ import openai
 import pytest
 import requests
 
-from tests.e2e.conftest import DemoStack, model_entry, wait_for
+from tests.e2e.conftest import DemoStack, model_entry
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
 CHAT: dict[str, Any] = {"model": "qwen3.5-122b", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8}
@@ -40,7 +41,7 @@ def test_scancel_mid_stream_ends_the_stream_with_an_error_then_503_then_the_repl
     assert first.status_code == 503, first.text
     assert int(first.headers["Retry-After"]) > 0 and first.json()["error"]["code"].startswith("model_")
 
-    answer = wait_for(lambda: _ok(demo_stack), 400, "the supervisor's replacement to answer", every_s=2)
+    answer = wait_for(lambda: _ok(demo_stack), 400, "the supervisor's replacement to answer", poll_s=2)
     assert answer["choices"][0]["message"]["content"] is not None
     assert demo_stack.ready("smollm2-135m")["job_id"] != old_job
 

@@ -75,8 +75,7 @@ def test_job_cancelled_during_load(
         harness.slurm.cancel(str(first.job_id))
         wait_for(lambda: harness.rows("fake")[0].state == "gone", 30, "the supervisor to mark it gone")
         wait_for(lambda: _ready(harness, 2), 60, "the replacement")
-        served_before = tally.ok
-        wait_for(lambda: tally.ok >= served_before + 50, 30, "traffic after the replacement")
+        _serves_again(tally)
         clients.stop()
     finally:
         halt()
@@ -108,8 +107,7 @@ def test_node_set_down_during_load(
         finally:
             harness.slurm.set_node_state(node, "RESUME")
         wait_for(lambda: _ready(harness, 1), 90, "a replacement on the resumed node")
-        served_before = tally.ok
-        wait_for(lambda: tally.ok >= served_before + 50, 30, "traffic after the replacement")
+        _serves_again(tally)
         clients.stop()
     finally:
         halt()
@@ -118,3 +116,8 @@ def test_node_set_down_during_load(
     assert tally.lost == 0
     assert tally.statuses.get("503", 0) + tally.statuses.get("stream-error-event", 0) + tally.statuses.get(
         "502", 0) + tally.statuses.get("504", 0) == tally.failed
+
+
+def _serves_again(tally: Tally) -> None:
+    served_before = tally.ok
+    wait_for(lambda: tally.ok >= served_before + 50, 30, "traffic after the replacement")

@@ -258,7 +258,7 @@ def test_maint_reservations_are_read_as_windows_in_utc(stack: Stack, private_clu
 
 def test_down_of_one_job_under_load_fails_no_request(stack: Stack) -> None:
     stack.want("pair", 2)
-    first, second = wait_for(lambda: len(stack.ready("pair")) == 2 and stack.ready("pair"), 60, "two replicas")
+    first, second = wait_for(lambda: _exactly(stack.ready("pair"), 2), 60, "two replicas")
     load = Load(stack.client(), "pair").start()
     try:
         time.sleep(3)
@@ -340,3 +340,7 @@ def test_successor_that_fails_leaves_the_old_job_serving_until_its_end(stack: St
     with pytest.raises(openai.InternalServerError) as caught:  # an answer, not a hang
         stack.client().chat.completions.create(model="flaky", messages=[{"role": "user", "content": "hi"}])
     assert caught.value.status_code == 503 and caught.value.response.headers.get("Retry-After")
+
+
+def _exactly(rows: list[Deployment], count: int) -> list[Deployment] | None:
+    return rows if len(rows) == count else None
