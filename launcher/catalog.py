@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from launcher import catalog_fields as cf
 from launcher.catalog_fields import CatalogError
+from launcher.settings import read_toml
 
 __all__ = ["Catalog", "CatalogEntry", "CatalogError", "PublicName", "load_catalog",
            "packaged_catalog", "resolve_catalog_path", "time_limit_seconds"]
@@ -119,12 +119,7 @@ def load_catalog(path: str | os.PathLike[str], *, environ: Mapping[str, str] | N
     work without the variables of models they do not start).
     """
     file = Path(path)
-    try:
-        data = tomllib.loads(file.read_text())
-    except FileNotFoundError:
-        raise CatalogError(f"{file}: catalog file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise CatalogError(f"{file}: not valid TOML: {exc}") from None
+    data = read_toml(file, "catalog file", CatalogError)
     env = os.environ if environ is None else environ
     return catalog_from_dict(data, str(file), env, strict_env)
 

@@ -140,13 +140,17 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
             return Settings()
         chosen = default
     file = Path(chosen).expanduser()
+    return settings_from_dict(read_toml(file, "settings file", SettingsError), source=str(file))
+
+
+def read_toml(file: Path, what: str, error: type[Exception]) -> dict[str, Any]:
+    """FILE parsed as TOML; a missing or broken file raises ERROR naming the file (WHAT it is)."""
     try:
-        data = tomllib.loads(file.read_text())
+        return tomllib.loads(file.read_text())
     except FileNotFoundError:
-        raise SettingsError(f"{file}: settings file not found") from None
+        raise error(f"{file}: {what} not found") from None
     except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(f"{file}: not valid TOML: {exc}") from None
-    return settings_from_dict(data, source=str(file))
+        raise error(f"{file}: not valid TOML: {exc}") from None
 
 
 def settings_from_dict(data: Mapping[str, Any], source: str = "<settings>") -> Settings:
