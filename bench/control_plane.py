@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from launcher.supervisor import Supervisor
+    from launcher.control.supervisor import Supervisor
 
 TEMPLATE = Path(__file__).with_name("squeue_job_22.05.json")
 MODELS = 10
@@ -56,8 +56,8 @@ def squeue_text(count: int, now: int) -> str:
 
 def fill_registry(db: Path, count: int, now: datetime) -> None:
     """COUNT ready deployments over MODELS models (each at its replica target), with job ids."""
-    from launcher.db import open_engine, session_factory
-    from launcher.models import Deployment, ModelTarget
+    from launcher.core.db import open_engine, session_factory
+    from launcher.core.schema import Deployment, ModelTarget
 
     engine = open_engine(f"sqlite:///{db}")
     with session_factory(engine)() as session:
@@ -88,10 +88,10 @@ def fake_slurm(work: Path, count: int) -> Path:
 
 def pure_pass(db: Path, squeue: str, count: int) -> dict[str, float]:
     """CPU ms of the pure steps of a pass: registry read, squeue parse, plan."""
-    from launcher.db import open_engine, session_factory, utcnow
-    from launcher.reconcile import Policy, Target, reconcile
-    from launcher.slurm_parse import parse_squeue_json
-    from launcher.supervisor import live_records
+    from launcher.core.db import open_engine, session_factory, utcnow
+    from launcher.control.reconcile import Policy, Target, reconcile
+    from launcher.slurm.parse import parse_squeue_json
+    from launcher.control.supervisor import live_records
 
     engine = open_engine(f"sqlite:///{db}")
     targets = {f"model-{m}": Target(f"model-{m}", count // MODELS) for m in range(MODELS)}
@@ -111,11 +111,11 @@ def pure_pass(db: Path, squeue: str, count: int) -> dict[str, float]:
 
 def make_supervisor(db: Path, bin_dir: Path) -> Supervisor:
     """The real Supervisor on DB, its Slurm the stand-ins in BIN_DIR (one for every pass, as in service)."""
-    from launcher.catalog import Catalog
-    from launcher.db import open_engine
-    from launcher.settings import Settings
-    from launcher.slurm import SlurmClient
-    from launcher.supervisor import Supervisor
+    from launcher.core.catalog import Catalog
+    from launcher.core.db import open_engine
+    from launcher.core.settings import Settings
+    from launcher.slurm.client import SlurmClient
+    from launcher.control.supervisor import Supervisor
 
     slurm = SlurmClient(env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
     return Supervisor(open_engine(f"sqlite:///{db}"), slurm, Catalog("bench", {}), Settings(), submit=_no_submit)
@@ -136,7 +136,7 @@ def _no_submit(*args: Any, **kwargs: Any) -> Any:
 
 def up_cost(work: Path, bin_dir: Path) -> dict[str, float] | None:
     """`llm-launch up` with the stand-in sbatch: wall and CPU of the whole command."""
-    if importlib.util.find_spec("launcher.deploy") is None:
+    if importlib.util.find_spec("launcher.control.deploy") is None:
         return None
     config = work / "up.toml"
     config.write_text(f'[cluster]\nlog_dir = "{work / "logs"}"\n')
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     work, rounds, count = Path(args[0]), int(args[1]) if len(args) > 1 else 2, 1000
     work.mkdir(parents=True, exist_ok=True)
     db = work / "control.db"
-    fill_registry(db, count, __import__("launcher.db", fromlist=["utcnow"]).utcnow())
+    fill_registry(db, count, __import__("launcher.core.db", fromlist=["utcnow"]).utcnow())
     bin_dir = fake_slurm(work, count)
     squeue = (work / "squeue.json").read_text()
     supervisor = make_supervisor(db, bin_dir)

@@ -19,12 +19,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from launcher.db import open_engine
-from launcher.keys import KeyRecord
-from launcher.settings import KeyLimits
-from router.accounting import RequestInfo, Usage
-from router.ledger import Ledger
-from router.limits_accounting import LimitsAccounting
+from launcher.core.db import open_engine
+from launcher.core.keys import KeyRecord
+from launcher.core.settings import KeyLimits
+from router.accounting.seam import RequestInfo, Usage
+from router.accounting.ledger import Ledger
+from router.accounting.metered import LimitsAccounting
 
 MODELS = ("qwen3.5-122b", "qwen3.5-122b-nonthinking", "gemma-4-31B-it", "qwen3-embedding-8B")
 USAGE = Usage(prompt_tokens=812, completion_tokens=230, reasoning_tokens=120)

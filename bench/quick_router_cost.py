@@ -160,10 +160,10 @@ def measure(name: str, url: str, pid: int | None, key: str, count: int) -> dict[
 
 def setup_registry(tmp: Path, backend_url: str, stream_url: str) -> tuple[str, str]:
     sys.path.insert(0, str(ROOT))
-    from launcher.db import open_engine, session_factory
-    from launcher.keys import create_key
-    from launcher.registry import add_backend
-    from launcher.settings import KeyLimits
+    from launcher.core.db import open_engine, session_factory
+    from launcher.core.keys import create_key
+    from launcher.core.deployments import add_backend
+    from launcher.core.settings import KeyLimits
 
     url = f"sqlite:///{tmp / 'registry.db'}"
     engine = open_engine(url)

@@ -52,9 +52,9 @@ def make_registry(db: Path, config: Path, backend_url: str, secret: str) -> str:
 
 def add_keys(db: Path, count: int) -> None:
     """COUNT more keys in one transaction, hashed and limited like the real ones."""
-    from launcher.db import open_engine, session_factory, utcnow
-    from launcher.keys import DISPLAY_PREFIX_LEN, generate_key, hash_key
-    from launcher.models import ApiKey
+    from launcher.core.db import open_engine, session_factory, utcnow
+    from launcher.core.keys import DISPLAY_PREFIX_LEN, generate_key, hash_key
+    from launcher.core.schema import ApiKey
 
     engine = open_engine(f"sqlite:///{db}")
     now = utcnow()
@@ -70,8 +70,8 @@ def add_keys(db: Path, count: int) -> None:
 
 def add_backends(db: Path, count: int, backend_url: str, secret: str) -> None:
     """COUNT more ready chat backends of other models, all at BACKEND_URL."""
-    from launcher.db import open_engine, session_factory
-    from launcher.registry import add_backend
+    from launcher.core.db import open_engine, session_factory
+    from launcher.core.deployments import add_backend
 
     engine = open_engine(f"sqlite:///{db}")
     with session_factory(engine)() as session:

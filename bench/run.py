@@ -149,7 +149,7 @@ class Runner:
 
     def control_plane(self) -> None:
         """Reconcile pass and `up`, measured in a fresh process (see bench.control_plane)."""
-        if importlib.util.find_spec("launcher.supervisor") is None:
+        if importlib.util.find_spec("launcher.control.supervisor") is None:
             self.notes.append("control plane: launcher.supervisor not built yet")
             return
         argv = [sys.executable, "-m", "bench.control_plane", str(self.work / "control"),

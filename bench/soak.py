@@ -174,10 +174,10 @@ def ledger_of(db: Path, key_name: str) -> Usage:
 
 def setup(work: Path) -> tuple[Path, dict[str, str], list[list[str]]]:
     """The registry (keys, three backends on free ports) and the backends' command lines."""
-    from launcher.db import open_engine, session_factory
-    from launcher.keys import create_key
-    from launcher.registry import add_backend
-    from launcher.settings import KeyLimits
+    from launcher.core.db import open_engine, session_factory
+    from launcher.core.keys import create_key
+    from launcher.core.deployments import add_backend
+    from launcher.core.settings import KeyLimits
 
     db = work / "registry.db"
     engine = open_engine(f"sqlite:///{db}")

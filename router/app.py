@@ -14,21 +14,21 @@ import aiohttp
 from aiohttp import web
 from sqlalchemy import Engine
 
-from launcher.settings import Settings
-from router.accounting import Accounting, NoAccounting
-from router.endpoints import add_routes
+from launcher.core.settings import Settings
+from router.accounting.seam import Accounting, NoAccounting
+from router.api.endpoints import add_routes
 from router.errors import Observer, make_middleware
-from router.health import probe_loop
-from router.names import load_names
-from router.proxy import Upstream
+from router.upstream.health import probe_loop
+from router.upstream.names import load_names
+from router.upstream.proxy import Upstream
 from router.request_log import make_request_log
-from router.snapshot import RegistryView
+from router.upstream.snapshot import RegistryView
 from router.state import ACCOUNTING, ENGINE, SETTINGS, STATE, VIEW, RouterState
 
 LOG = logging.getLogger("router")
 # Other parts of the project that mount routes when they are installed: module -> add_routes(app).
-ADD_ONS = ("router.registration", "router.me", "router.metrics", "router.openapi", "router.admin",
-           "router.availability")
+ADD_ONS = ("router.api.registration", "router.api.me", "router.api.metrics", "router.api.openapi", "router.api.admin",
+           "router.api.availability")
 LOG_FLUSH_S = 0.2
 
 
@@ -52,7 +52,7 @@ def create_app(settings: Settings, engine: Engine, accounting: Accounting | None
     app.cleanup_ctx.append(_lifecycle)
     if rs.supervise:
         # Imported here: a router without the supervisor never loads the Slurm side.
-        from launcher.supervisor_task import supervisor_context
+        from launcher.control.supervisor_task import supervisor_context
 
         app.cleanup_ctx.append(supervisor_context(settings, engine))
     add_routes(app)
@@ -61,13 +61,13 @@ def create_app(settings: Settings, engine: Engine, accounting: Accounting | None
 
 
 def default_accounting(settings: Settings, engine: Engine) -> Accounting:
-    """router.quota's accounting when installed and switched on, else none."""
+    """router.accounting.limits's accounting when installed and switched on, else none."""
     if not settings.router.accounting:
         return NoAccounting()
     try:
-        quota = importlib.import_module("router.quota")
+        quota = importlib.import_module("router.accounting.limits")
     except ModuleNotFoundError as exc:
-        if exc.name != "router.quota":
+        if exc.name != "router.accounting.limits":
             raise
         return NoAccounting()
     made: Accounting = quota.make_accounting(settings, engine)

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, TextIO
 
 import orjson
 
-from launcher.settings import SettingsError
+from launcher.core.settings import SettingsError
 
 if TYPE_CHECKING:
-    from router.accounting import Usage
+    from router.accounting.seam import Usage
 
 LOG_FORMATS = ("text", "json")
 

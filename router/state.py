@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from sqlalchemy import Engine
 
-from launcher.settings import Settings
-from router.accounting import Accounting
-from router.proxy import Upstream
+from launcher.core.settings import Settings
+from router.accounting.seam import Accounting
+from router.upstream.proxy import Upstream
 from router.errors import Observer
-from router.names import Names
+from router.upstream.names import Names
 from router.request_log import RequestLog
-from router.snapshot import RegistryView
+from router.upstream.snapshot import RegistryView
 
 
 @dataclass

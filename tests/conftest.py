@@ -19,10 +19,10 @@ import pytest
 from aiohttp import web
 from sqlalchemy import Engine
 
-from launcher.db import open_engine, session_factory
-from launcher.keys import create_key
-from launcher.registry import DeploymentRecord, add_backend
-from launcher.settings import KeyLimits, RouterSettings, Settings
+from launcher.core.db import open_engine, session_factory
+from launcher.core.keys import create_key
+from launcher.core.deployments import DeploymentRecord, add_backend
+from launcher.core.settings import KeyLimits, RouterSettings, Settings
 from tests.fake_backend import FakeBackend, FakeConfig
 
 try:

@@ -133,7 +133,7 @@ class FakeBackend:
             return denied
         text = "hello from the fake whisper"
         if _form_value(body, "response_format") in ("text", "srt", "vtt"):
-            # like launcher/whisper_server.py: no usage in a plain answer, the length is a header
+            # like launcher/engines/whisper/server.py: no usage in a plain answer, the length is a header
             self.sent.append(text.encode())
             return web.Response(text=text, content_type="text/plain", headers={"x-audio-seconds": "2.4"})
         return self._send_json({"text": text, "usage": {"type": "duration", "seconds": 3}})

@@ -7,8 +7,8 @@ import dataclasses
 import click
 
 from launcher.cli.context import CliContext, echo_json, echo_table
-from launcher.registry import KINDS, DeploymentError, add_backend, get_deployment
-from launcher.registry import list_deployments, mark_gone
+from launcher.core.deployments import KINDS, DeploymentError, add_backend, get_deployment
+from launcher.core.deployments import list_deployments, mark_gone
 
 
 @click.group()

@@ -13,16 +13,16 @@ from typing import Any
 
 import click
 
-from launcher.catalog import Catalog, CatalogEntry, CatalogError, load_catalog, resolve_catalog_path
+from launcher.core.catalog import Catalog, CatalogEntry, CatalogError, load_catalog, resolve_catalog_path
 from launcher.cli.context import CliContext, echo_json, echo_table
 from launcher.cli.follow import Outcome, breakdown, follow
-from launcher.db import utcnow
-from launcher.deploy import change_target, find_by_job, job_spec, live_deployments
-from launcher.deploy import prepare_log_dir, stop_deployments, submit_deployment
-from launcher.models import Deployment
-from launcher.registry import DeploymentError, DeploymentRecord, mark_gone, to_record
-from launcher.render import JobSecrets, RenderError, log_file, render_script
-from launcher.slurm import SlurmClient, SlurmError, open_slurm
+from launcher.core.db import utcnow
+from launcher.control.deploy import change_target, find_by_job, job_spec, live_deployments
+from launcher.control.deploy import prepare_log_dir, stop_deployments, submit_deployment
+from launcher.core.schema import Deployment
+from launcher.core.deployments import DeploymentError, DeploymentRecord, mark_gone, to_record
+from launcher.slurm.render import JobSecrets, RenderError, log_file, render_script
+from launcher.slurm.client import SlurmClient, SlurmError, open_slurm
 
 catalog_option = click.option(
     "--catalog", "catalog_path", envvar="LLM_LAUNCH_CATALOG", metavar="PATH",

@@ -12,8 +12,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from launcher.db import RegistryError, open_engine, resolve_db_url, session_factory
-from launcher.settings import Settings, SettingsError, load_settings, with_overrides
+from launcher.core.db import RegistryError, open_engine, resolve_db_url, session_factory
+from launcher.core.settings import Settings, SettingsError, load_settings, with_overrides
 
 
 @dataclass

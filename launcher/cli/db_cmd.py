@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from launcher.cli.context import CliContext
-from launcher.db import RegistryError, open_engine
-from launcher.migrate import current_revision, head_revision, upgrade_if_needed
+from launcher.core.db import RegistryError, open_engine
+from launcher.core.migrate import current_revision, head_revision, upgrade_if_needed
 
 
 @click.group()

@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from launcher.registry import DeploymentRecord
-from launcher.slurm import JobInfo, SlurmClient
+from launcher.core.deployments import DeploymentRecord
+from launcher.slurm.client import JobInfo, SlurmClient
 
 POLL_S = 0.5
 

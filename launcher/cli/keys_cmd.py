@@ -9,9 +9,9 @@ import click
 
 from launcher.cli.context import CliContext, echo_json, echo_table
 from launcher.cli.options import UNLIMITED, DateType, LimitType, Unlimited, future
-from launcher.keys import LIMIT_FIELDS, KeyRecord, KeyStoreError, create_key, list_keys
-from launcher.keys import revoke_key, update_key
-from launcher.settings import KeyLimits
+from launcher.core.keys import LIMIT_FIELDS, KeyRecord, KeyStoreError, create_key, list_keys
+from launcher.core.keys import revoke_key, update_key
+from launcher.core.settings import KeyLimits
 
 LIMIT_HELP = {
     "rpm": "Requests per minute.",

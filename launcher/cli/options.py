@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from launcher.db import utcnow
+from launcher.core.db import utcnow
 
 
 class Unlimited:

@@ -16,10 +16,10 @@ from sqlalchemy import select
 
 from launcher.cli.context import CliContext, echo_table
 from launcher.cli.options import DateType, Unlimited, future
-from launcher.db import utcnow
-from launcher.keys import hash_key
-from launcher.models import RegistrationToken
-from launcher.registry import KINDS
+from launcher.core.db import utcnow
+from launcher.core.keys import hash_key
+from launcher.core.schema import RegistrationToken
+from launcher.core.deployments import KINDS
 
 TOKEN_PREFIX = "rt-"
 

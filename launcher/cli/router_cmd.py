@@ -10,9 +10,9 @@ from typing import Any
 
 import click
 
-from launcher.catalog import CatalogError
+from launcher.core.catalog import CatalogError
 from launcher.cli.context import CliContext
-from launcher.settings import Settings, SettingsError, with_overrides
+from launcher.core.settings import Settings, SettingsError, with_overrides
 
 
 @click.command()
@@ -47,7 +47,7 @@ def router(ctx: CliContext, host: str | None, port: int | None, no_accounting: b
         app = create_app(settings, ctx.engine)
     except (CatalogError, SettingsError) as exc:
         raise click.ClickException(str(exc)) from None
-    from router.ownership import LimitsOwnershipError
+    from router.accounting.ownership import LimitsOwnershipError
 
     try:
         run(app, rs.host, rs.port, rs.grace_period_s,

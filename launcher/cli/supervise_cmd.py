@@ -10,10 +10,10 @@ from types import FrameType
 
 import click
 
-from launcher.catalog import CatalogError, load_catalog, resolve_catalog_path
+from launcher.core.catalog import CatalogError, load_catalog, resolve_catalog_path
 from launcher.cli.context import CliContext
-from launcher.slurm import SlurmError, open_slurm
-from launcher.supervisor import Supervisor
+from launcher.slurm.client import SlurmError, open_slurm
+from launcher.control.supervisor import Supervisor
 
 
 @click.command()

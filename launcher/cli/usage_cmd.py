@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from launcher.cli.context import CliContext, echo_json, echo_table
-from launcher.usage_report import GROUP_FIELDS, GROUPINGS, columns, month_start, totals, usage_rows
+from launcher.control.usage_report import GROUP_FIELDS, GROUPINGS, columns, month_start, totals, usage_rows
 
 DAY = click.DateTime(formats=["%Y-%m-%d"])
 

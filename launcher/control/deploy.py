@@ -16,13 +16,13 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from launcher.catalog import CatalogEntry
-from launcher.keys import hash_key
-from launcher.models import Deployment, ModelTarget
-from launcher.registry import DeploymentError, DeploymentRecord, mark_gone, to_record
-from launcher.render import JobSecrets, JobSpec, render_script
-from launcher.settings import ClusterSettings
-from launcher.slurm import SlurmClient
+from launcher.core.catalog import CatalogEntry
+from launcher.core.keys import hash_key
+from launcher.core.schema import Deployment, ModelTarget
+from launcher.core.deployments import DeploymentError, DeploymentRecord, mark_gone, to_record
+from launcher.slurm.render import JobSecrets, JobSpec, render_script
+from launcher.core.settings import ClusterSettings
+from launcher.slurm.client import SlurmClient
 
 Progress = Callable[[str], None]
 

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from launcher.maintenance import Window, allowed_seconds, describe, slurm_minutes
-from launcher.registry import DeploymentRecord
+from launcher.core.maintenance import Window, allowed_seconds, describe, slurm_minutes
+from launcher.core.deployments import DeploymentRecord
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,11 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from launcher.catalog import Catalog, time_limit_seconds
-from launcher.handover import Handover, lead_time_s, startup_times
-from launcher.maintenance import Window
-from launcher.models import Deployment
-from launcher.settings import ClusterSettings
+from launcher.core.catalog import Catalog, time_limit_seconds
+from launcher.control.handover import Handover, lead_time_s, startup_times
+from launcher.core.maintenance import Window
+from launcher.core.schema import Deployment
+from launcher.core.settings import ClusterSettings
 
 # Rows read per pass for the history: enough for the last N jobs of a few dozen models.
 _HISTORY_ROWS = 2000

@@ -11,11 +11,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from launcher import handover as ho
-from launcher.handover import Drain, Handover
-from launcher.maintenance import active, describe
-from launcher.registry import DeploymentRecord
-from launcher.slurm_parse import JobInfo
+from launcher.control import handover as ho
+from launcher.control.handover import Drain, Handover
+from launcher.core.maintenance import active, describe
+from launcher.core.deployments import DeploymentRecord
+from launcher.slurm.parse import JobInfo
 
 # Slurm job states, grouped by what they mean for a model server.
 QUEUED = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"})

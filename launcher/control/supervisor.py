@@ -17,16 +17,16 @@ from sqlalchemy import Engine, Table, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from launcher.catalog import Catalog, CatalogEntry
-from launcher.db import session_factory, utcnow
-from launcher.models import Deployment, ModelTarget
-from launcher.handover import Handover
-from launcher.lead_times import handover_policy, recent_startups, windows_at
-from launcher.maintenance import Window, parse_windows
-from launcher.reconcile import Plan, Policy, Submission, Target, TargetUpdate, reconcile, record_failure
-from launcher.registry import DeploymentRecord
-from launcher.settings import ClusterSettings, Settings
-from launcher.slurm import SlurmClient, SlurmError
+from launcher.core.catalog import Catalog, CatalogEntry
+from launcher.core.db import session_factory, utcnow
+from launcher.core.schema import Deployment, ModelTarget
+from launcher.control.handover import Handover
+from launcher.control.lead_times import handover_policy, recent_startups, windows_at
+from launcher.core.maintenance import Window, parse_windows
+from launcher.control.reconcile import Plan, Policy, Submission, Target, TargetUpdate, reconcile, record_failure
+from launcher.core.deployments import DeploymentRecord
+from launcher.core.settings import ClusterSettings, Settings
+from launcher.slurm.client import SlurmClient, SlurmError
 
 LOG = logging.getLogger("llm_launch.supervisor")
 _BUSY_RETRIES = 5
@@ -76,7 +76,7 @@ def policy_for(catalog: Catalog, settings: Settings, handover: Handover | None =
 
 
 def _default_submit() -> Submit:
-    from launcher.deploy import submit_deployment  # the deploy module renders templates: load it late
+    from launcher.control.deploy import submit_deployment  # the deploy module renders templates: load it late
 
     submit: Submit = submit_deployment
     return submit

@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 from sqlalchemy import Engine
 
-from launcher.catalog import load_catalog, resolve_catalog_path
-from launcher.db import open_engine, resolve_db_url
-from launcher.settings import Settings
-from launcher.slurm import open_slurm
-from launcher.supervisor import Supervisor
+from launcher.core.catalog import load_catalog, resolve_catalog_path
+from launcher.core.db import open_engine, resolve_db_url
+from launcher.core.settings import Settings
+from launcher.slurm.client import open_slurm
+from launcher.control.supervisor import Supervisor
 
 LOG = logging.getLogger("llm_launch.supervisor")
 

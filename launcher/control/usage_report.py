@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from launcher.models import UsageDaily
+from launcher.core.schema import UsageDaily
 
 GROUPINGS = ("key", "model", "day", "account")
 COUNTERS = ("requests", "errors", "estimated_requests", "prompt_tokens", "completion_tokens",

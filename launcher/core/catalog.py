@@ -15,9 +15,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from launcher import catalog_fields as cf
-from launcher.catalog_fields import CatalogError
-from launcher.settings import read_toml
+from launcher.core import catalog_fields as cf
+from launcher.core.catalog_fields import CatalogError
+from launcher.core.settings import read_toml
 
 __all__ = ["Catalog", "CatalogEntry", "CatalogError", "PublicName", "load_catalog",
            "packaged_catalog", "resolve_catalog_path", "time_limit_seconds"]
@@ -99,7 +99,7 @@ class Catalog:
 
 def packaged_catalog(name: str) -> Path:
     """Path of a catalog shipped with llm-launch (`production` or `demo`)."""
-    return Path(__file__).resolve().parent / "catalogs" / f"{name}.toml"
+    return Path(__file__).resolve().parents[1] / "catalogs" / f"{name}.toml"
 
 
 def resolve_catalog_path(cli_value: str | None, settings_value: str = "") -> Path:

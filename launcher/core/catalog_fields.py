@@ -10,7 +10,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from launcher.catalog import PublicName
+    from launcher.core.catalog import PublicName
 
 KINDS = ("chat", "embeddings", "transcription")
 CAPABILITIES = ("chat", "vision", "reasoning", "embeddings", "transcription", "tools")
@@ -136,7 +136,7 @@ def environment(ctx: Ctx, t: Mapping[str, Any]) -> Mapping[str, str]:
 
 def public_names(ctx: Ctx, value: Any) -> tuple[PublicName, ...]:
     """The `names` table; without one, the entry serves its own name."""
-    from launcher.catalog import PublicName
+    from launcher.core.catalog import PublicName
 
     if value is None:
         return (PublicName(ctx.entry, MappingProxyType({})),)

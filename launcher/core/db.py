@@ -51,7 +51,7 @@ def open_engine(url: str, *, migrate: bool = True) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     if migrate:
-        from launcher.migrate import upgrade_if_needed
+        from launcher.core.migrate import upgrade_if_needed
 
         upgrade_if_needed(engine)
     return engine

@@ -9,8 +9,8 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from launcher.db import utcnow
-from launcher.models import Deployment
+from launcher.core.db import utcnow
+from launcher.core.schema import Deployment
 
 KINDS = ("chat", "embeddings", "transcription")
 STATES = ("pending", "starting", "ready", "draining", "gone")

@@ -12,9 +12,9 @@ from typing import Mapping
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from launcher.db import utcnow
-from launcher.models import ApiKey
-from launcher.settings import KeyLimits
+from launcher.core.db import utcnow
+from launcher.core.schema import ApiKey
+from launcher.core.settings import KeyLimits
 
 KEY_PREFIX = "sk-llm-"
 DISPLAY_PREFIX_LEN = len(KEY_PREFIX) + 6

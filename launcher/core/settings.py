@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
-from launcher.maintenance import parse_windows
+from launcher.core.maintenance import parse_windows
 
 
 class SettingsError(Exception):

@@ -11,8 +11,8 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import TypeVar
 
-from launcher.maintenance import Window, parse_reservations
-from launcher.slurm_parse import (
+from launcher.core.maintenance import Window, parse_reservations
+from launcher.slurm.parse import (
     JobInfo,
     NodeInfo,
     SlurmError,
@@ -44,7 +44,7 @@ def open_slurm(env: Mapping[str, str] | None = None) -> SlurmClient:
     """The client LLM_LAUNCH_SLURM_ADAPTER names: `cli` (default) or `pyslurm`."""
     adapter = os.environ.get("LLM_LAUNCH_SLURM_ADAPTER", "cli")
     if adapter == "pyslurm":
-        from launcher.slurm_pyslurm import PySlurmClient
+        from launcher.slurm.pyslurm_adapter import PySlurmClient
 
         return PySlurmClient(env=env)
     if adapter != "cli":

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
 
-from launcher.slurm import SlurmClient
-from launcher.slurm_parse import JobInfo, SlurmError, one_line
+from launcher.slurm.client import SlurmClient
+from launcher.slurm.parse import JobInfo, SlurmError, one_line
 
 UNAVAILABLE = "PyPI's pyslurm needs Slurm 25.11; install the pyslurm release that matches this cluster"
 

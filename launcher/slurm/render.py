@@ -12,8 +12,8 @@ from typing import Any
 import jinja2
 
 import slurm_templates
-from launcher.catalog import CatalogEntry, time_limit_seconds
-from launcher.settings import ClusterSettings, EngineEnv
+from launcher.core.catalog import CatalogEntry, time_limit_seconds
+from launcher.core.settings import ClusterSettings, EngineEnv
 
 MASK = "****"
 # Seconds a draining job keeps serving after it deregistered: the router refreshes every second,

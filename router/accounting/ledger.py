@@ -16,9 +16,9 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from router.accounting import Usage
-from router.ledger_store import DailyKey, PendingRow, RequestRow, write_batch, prune_requests
-from router.ledger_store import load_totals
+from router.accounting.seam import Usage
+from router.accounting.ledger_db import DailyKey, PendingRow, RequestRow, write_batch, prune_requests
+from router.accounting.ledger_db import load_totals
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Any, Callable, TypeVar
 from sqlalchemy import Connection, Engine, case, delete, func, insert, select
 from sqlalchemy.exc import OperationalError
 
-from launcher.models import UsageDaily, UsageRequest
+from launcher.core.schema import UsageDaily, UsageRequest
 
 log = logging.getLogger(__name__)
 

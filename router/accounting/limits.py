@@ -2,7 +2,7 @@
 
 Pure: every function takes `now` (seconds since the epoch, UTC) and mutates only the per-key
 state it is given; nothing here reads a clock or does I/O. One router process owns these
-counters in memory (see router/limits_accounting.py for why and how that is enforced).
+counters in memory (see router/accounting/metered.py for why and how that is enforced).
 
 Windows: the minute windows (requests, tokens) start at the first request after the previous
 window passed and last 60 s; budgets follow the UTC calendar day and month.
@@ -14,13 +14,13 @@ import math
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from launcher.settings import KeyLimits
+from launcher.core.settings import KeyLimits
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from launcher.settings import Settings
-    from router.accounting import Accounting
+    from launcher.core.settings import Settings
+    from router.accounting.seam import Accounting
 
 MINUTE = 60.0
 DAY = 86400.0
@@ -229,10 +229,10 @@ def retry_after(seconds: float) -> int:
 
 def make_accounting(settings: Settings, engine: Engine) -> Accounting:
     """The router's accounting: limits and ledger when `router.accounting` is on, else none."""
-    from router.accounting import NoAccounting
+    from router.accounting.seam import NoAccounting
 
     if not settings.router.accounting:
         return NoAccounting()
-    from router.limits_accounting import LimitsAccounting
+    from router.accounting.metered import LimitsAccounting
 
     return LimitsAccounting.from_settings(settings, engine)

@@ -4,7 +4,7 @@ The limits are exact because one router process owns them, in memory, on one eve
 locks needed). Budgets consumed today and this month survive a restart: they are reloaded from
 the ledger at start. Several router processes would each count on their own and together let a
 key overshoot, so the process that owns the limits holds an exclusive lock next to the registry
-(see router/ownership.py) and a second one refuses to start with accounting on.
+(see router/accounting/ownership.py) and a second one refuses to start with accounting on.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from typing import Self
 
 from sqlalchemy import Engine
 
-from launcher.keys import KeyRecord
-from launcher.settings import Settings
-from router import quota
-from router.accounting import Admission, QuotaExceeded, RequestInfo, Usage
-from router.ledger import Ledger
-from router.ownership import OwnershipLock
+from launcher.core.keys import KeyRecord
+from launcher.core.settings import Settings
+from router.accounting import limits as quota
+from router.accounting.seam import Admission, QuotaExceeded, RequestInfo, Usage
+from router.accounting.ledger import Ledger
+from router.accounting.ownership import OwnershipLock
 
 AUDIO_ENDPOINTS = frozenset({"transcriptions", "translations"})
 

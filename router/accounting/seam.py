@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from launcher.keys import KeyRecord
+from launcher.core.keys import KeyRecord
 
 
 @dataclass(frozen=True)

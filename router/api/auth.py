@@ -7,7 +7,7 @@ import hmac
 from datetime import datetime
 from typing import Callable, Mapping
 
-from launcher.keys import KeyRecord
+from launcher.core.keys import KeyRecord
 from router.errors import RouterError
 
 BEARER = "bearer "

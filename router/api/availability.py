@@ -19,14 +19,14 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import Engine
 
-from launcher.db import session_factory, utcnow
-from launcher.maintenance import Window, active, describe, horizon, iso, parse_windows, retry_after_s
-from launcher.models import ModelTarget
+from launcher.core.db import session_factory, utcnow
+from launcher.core.maintenance import Window, active, describe, horizon, iso, parse_windows, retry_after_s
+from launcher.core.schema import ModelTarget
 from router.errors import RouterError
 from router.request_log import RequestContext
-from router.snapshot import Pool
+from router.upstream.snapshot import Pool
 from router.state import ENGINE, STATE, RouterState
-from router.walltime import DecodeRates, worst_case_s
+from router.upstream.walltime import DecodeRates, worst_case_s
 
 LOG = logging.getLogger("router.availability")
 POLL_S = 0.25  # how often a request waiting for an on-demand replica looks again
@@ -89,8 +89,8 @@ def add_routes(app: web.Application) -> None:
 def _add_metrics(app: web.Application, state: RouterState) -> None:
     """Time left and late successors on /metrics, when the metrics add-on is mounted."""
     try:
-        from router.handover_metrics import HandoverCollector
-        from router.metrics import METRICS
+        from router.api.handover_metrics import HandoverCollector
+        from router.api.metrics import METRICS
     except ModuleNotFoundError:  # prometheus_client is not installed: no /metrics at all
         return
     if METRICS in app:

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import orjson
 
 from router.errors import RouterError
-from router.names import Route
+from router.upstream.names import Route
 
 LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
 

@@ -8,19 +8,19 @@ from typing import Awaitable, Callable
 import orjson
 from aiohttp import web
 
-from launcher.db import utcnow
-from launcher.keys import KeyRecord
-from router.accounting import QuotaExceeded, RequestInfo
-from router.auth import authenticate, check_model
-from router.availability import AVAILABILITY, announcement, when_not_ready
-from router.body import form_field, inspect, parse_json, with_include_usage
-from router.defaults import apply_route, reservation
+from launcher.core.db import utcnow
+from launcher.core.keys import KeyRecord
+from router.accounting.seam import QuotaExceeded, RequestInfo
+from router.api.auth import authenticate, check_model
+from router.api.availability import AVAILABILITY, announcement, when_not_ready
+from router.api.body import form_field, inspect, parse_json, with_include_usage
+from router.api.defaults import apply_route, reservation
 from router.errors import CTX, RouterError
-from router.model_list import list_entries
-from router.model_status import model_status, unavailable
-from router.names import Route
-from router.proxy import Call, Outcome
-from router.snapshot import Pool
+from router.api.model_list import list_entries
+from router.api.model_status import model_status, unavailable
+from router.upstream.names import Route
+from router.upstream.proxy import Call, Outcome
+from router.upstream.snapshot import Pool
 from router.state import STATE, RouterState
 
 JSON_ENDPOINTS = {

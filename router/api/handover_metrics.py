@@ -13,7 +13,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from router.state import RouterState
-from router.walltime import NO_END, end_epoch
+from router.upstream.walltime import NO_END, end_epoch
 
 WAITING = ("pending", "starting")
 

@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from launcher.keys import KeyRecord
-from router.endpoints import authorized
-from router.limits_accounting import LimitsAccounting
+from launcher.core.keys import KeyRecord
+from router.api.endpoints import authorized
+from router.accounting.metered import LimitsAccounting
 from router.state import STATE
 
 

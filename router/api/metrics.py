@@ -18,8 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from router.admin import require_admin
-from router.endpoints import AUDIO_ENDPOINTS, JSON_ENDPOINTS
+from router.api.admin import require_admin
+from router.api.endpoints import AUDIO_ENDPOINTS, JSON_ENDPOINTS
 from router.request_log import RequestContext
 from router.state import STATE, RouterState
 
@@ -27,7 +27,7 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 ENDPOINTS = {**JSON_ENDPOINTS, **AUDIO_ENDPOINTS, "/v1/models": "models", "/v1/me": "me",
              "/health": "health", "/metrics": "metrics"}
-# Quota refusal messages (router/quota.py) -> the limit's setting name.
+# Quota refusal messages (router/accounting/limits.py) -> the limit's setting name.
 LIMITS = (("daily token budget", "daily_tokens"), ("monthly token budget", "monthly_tokens"),
           ("daily audio budget", "daily_audio_seconds"), ("tokens per minute", "tpm"),
           ("requests per minute", "rpm"), ("in flight", "max_parallel"))

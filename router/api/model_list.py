@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Mapping, Sequence
 
-from launcher.catalog import CatalogEntry
-from launcher.keys import KeyRecord
-from router.model_status import PENDING, ModelStatus, epoch, iso, model_status
-from router.names import Names
-from router.snapshot import Backend, Snapshot
+from launcher.core.catalog import CatalogEntry
+from launcher.core.keys import KeyRecord
+from router.api.model_status import PENDING, ModelStatus, epoch, iso, model_status
+from router.upstream.names import Names
+from router.upstream.snapshot import Backend, Snapshot
 
 OWNER = "llm-launch"
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Sequence
 
 from router.errors import RouterError
-from router.snapshot import Backend
+from router.upstream.snapshot import Backend
 
 READY, LOADING, PENDING, OFFLINE = "ready", "loading", "pending", "offline"
 

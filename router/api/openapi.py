@@ -2,7 +2,7 @@
 
 The description lists only the operations the app really mounts (add-ons such as /metrics or
 registration may be absent), so it never promises a path that answers 404. `docs/openapi.json`
-is generated from the same function: `python -m router.openapi > docs/openapi.json`.
+is generated from the same function: `python -m router.api.openapi > docs/openapi.json`.
 """
 
 from __future__ import annotations

@@ -18,10 +18,10 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from launcher.db import session_factory, utcnow
-from launcher.keys import hash_key
-from launcher.models import Deployment, RegistrationToken
-from launcher.registry import KINDS
+from launcher.core.db import session_factory, utcnow
+from launcher.core.keys import hash_key
+from launcher.core.schema import Deployment, RegistrationToken
+from launcher.core.deployments import KINDS
 from router.state import ENGINE, VIEW
 
 ENGINE_KEY = web.AppKey("registration_engine", Engine)

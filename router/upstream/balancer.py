@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Collection, Sequence, TypeVar
 
-from router.walltime import Timed, choose_in_time
+from router.upstream.walltime import Timed, choose_in_time
 
 SCAN_LIMIT = 8
 # Fibonacci hashing: consecutive turns land far apart in the pool.

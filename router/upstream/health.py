@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 
 if TYPE_CHECKING:
-    from router.snapshot import Backend
+    from router.upstream.snapshot import Backend
 
 LOG = logging.getLogger("router.health")
 UNKNOWN, UP, DOWN = "unknown", "up", "down"

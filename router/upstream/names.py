@@ -12,7 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from launcher.catalog import PACKAGED, Catalog, CatalogEntry, load_catalog, packaged_catalog
+from launcher.core.catalog import PACKAGED, Catalog, CatalogEntry, load_catalog, packaged_catalog
 
 NO_DEFAULTS: Mapping[str, Any] = MappingProxyType({})
 

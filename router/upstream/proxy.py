@@ -14,12 +14,12 @@ from typing import AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from router.accounting import Usage
-from router.balancer import choose_backend
+from router.accounting.seam import Usage
+from router.upstream.balancer import choose_backend
 from router.errors import CLIENT_GONE, RouterError, envelope
-from router.health import after_failure, apply
-from router.snapshot import Backend, Pool
-from router.usage import AUDIO_SECONDS, SseTap, usage_from_audio_header, usage_from_json
+from router.upstream.health import after_failure, apply
+from router.upstream.snapshot import Backend, Pool
+from router.upstream.usage import AUDIO_SECONDS, SseTap, usage_from_audio_header, usage_from_json
 
 NO_USAGE = Usage()
 SSE = "text/event-stream"

@@ -13,13 +13,13 @@ from typing import Any, Mapping, Sequence
 
 from sqlalchemy import Engine, func, select
 
-from launcher.db import session_factory
-from launcher.keys import KeyRecord, list_keys
-from launcher.models import ApiKey, Deployment, ModelTarget
-from launcher.registry import DeploymentRecord, list_deployments
-from router.health import HealthState
-from router.names import Names
-from router.walltime import end_epoch
+from launcher.core.db import session_factory
+from launcher.core.keys import KeyRecord, list_keys
+from launcher.core.schema import ApiKey, Deployment, ModelTarget
+from launcher.core.deployments import DeploymentRecord, list_deployments
+from router.upstream.health import HealthState
+from router.upstream.names import Names
+from router.upstream.walltime import end_epoch
 
 LOG = logging.getLogger("router.registry")
 

@@ -12,14 +12,14 @@ from typing import Any
 
 import orjson
 
-from router.accounting import Usage
+from router.accounting.seam import Usage
 
 TAIL = 4096
 SMALL = 8192  # bytes: below this a full parse is the cheapest way to the usage
 USAGE_KEY = b'"usage"'
 DURATION_KEY = b'"duration"'
 NULL_USAGE = b'"usage":null'
-AUDIO_SECONDS = "x-audio-seconds"  # set by launcher/whisper_server.py on every answer
+AUDIO_SECONDS = "x-audio-seconds"  # set by launcher/engines/whisper/server.py on every answer
 
 
 def usage_from_json(body: bytes) -> Usage | None:

@@ -23,7 +23,7 @@ import openai
 import pytest
 import requests
 
-from launcher.catalog import packaged_catalog
+from launcher.core.catalog import packaged_catalog
 from tests.integration.slurm_fixtures import SlurmCluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,7 +46,7 @@ capabilities = ["transcription"]
 base_model = "Whisper tiny.en"
 command = {command}
 """
-SPARE_SCRIPT = ('sleep 8; exec "$0" -m launcher.whisper_server --model "$1" --served-name "$2" '
+SPARE_SCRIPT = ('sleep 8; exec "$0" -m launcher.engines.whisper.server --model "$1" --served-name "$2" '
                 '--host 0.0.0.0 --port "$3" --device cpu --compute-type int8')
 
 

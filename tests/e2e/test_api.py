@@ -18,10 +18,10 @@ import openai
 import pytest
 import requests
 
-from launcher.db import open_engine, session_factory
-from launcher.keys import create_key
-from launcher.registry import add_backend, list_deployments
-from launcher.settings import ClusterSettings, KeyLimits, RouterSettings, Settings
+from launcher.core.db import open_engine, session_factory
+from launcher.core.keys import create_key
+from launcher.core.deployments import add_backend, list_deployments
+from launcher.core.settings import ClusterSettings, KeyLimits, RouterSettings, Settings
 from tests.conftest import LoopThread
 from tests.e2e.conftest import SPARE, DemoStack, model_entry
 from tests.waiting import wait_for

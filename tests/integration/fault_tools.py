@@ -195,9 +195,9 @@ def integrity(db_path: str) -> str:
 # Runs in its own process: the supervisor's read-modify-write of a model target, N times, with its busy retries.
 SUPERVISOR_WRITER = """
 import sys
-from launcher.db import open_engine, session_factory, utcnow
-from launcher.reconcile import TargetUpdate
-from launcher.supervisor import load_targets, save_target, with_busy_retries
+from launcher.core.db import open_engine, session_factory, utcnow
+from launcher.control.reconcile import TargetUpdate
+from launcher.control.supervisor import load_targets, save_target, with_busy_retries
 engine = open_engine(sys.argv[1])
 sessions = session_factory(engine)
 def bump():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.slurm import SlurmClient
+from launcher.slurm.client import SlurmClient
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "local-slurm"
 

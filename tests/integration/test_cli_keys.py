@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from launcher.cli import main
-from launcher.keys import hash_key
+from launcher.core.keys import hash_key
 
 
 @pytest.fixture()

@@ -18,11 +18,11 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from launcher.catalog import CatalogEntry, catalog_from_dict, packaged_catalog
+from launcher.core.catalog import CatalogEntry, catalog_from_dict, packaged_catalog
 from launcher.cli import main
-from launcher.render import JobSecrets, JobSpec, render_script
-from launcher.settings import ClusterSettings, EngineEnv, KeyLimits, RouterSettings, load_settings
-from launcher.settings import settings_from_dict
+from launcher.slurm.render import JobSecrets, JobSpec, render_script
+from launcher.core.settings import ClusterSettings, EngineEnv, KeyLimits, RouterSettings, load_settings
+from launcher.core.settings import settings_from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]

@@ -25,9 +25,9 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from launcher.db import open_engine, session_factory, utcnow
-from launcher.models import ApiKey, Deployment, ModelTarget
-from launcher.settings import KeyLimits, RouterSettings, Settings
+from launcher.core.db import open_engine, session_factory, utcnow
+from launcher.core.schema import ApiKey, Deployment, ModelTarget
+from launcher.core.settings import KeyLimits, RouterSettings, Settings
 from router.app import create_app
 from router.serve import start
 from tests.conftest import SECRET, TEST_ROUTER, LoopThread, Registry, RouterHandle

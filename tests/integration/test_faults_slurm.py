@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.models import Deployment
+from launcher.core.schema import Deployment
 
 from tests.conftest import Registry, RouterHandle
 from tests.integration.fault_tools import Tally, one_request

@@ -30,10 +30,10 @@ from schemathesis.specs.openapi.checks import (
     content_type_conformance, response_schema_conformance, status_code_conformance,
 )
 
-from launcher.db import open_engine, session_factory
-from launcher.keys import create_key
-from launcher.registry import add_backend
-from launcher.settings import KeyLimits, RouterSettings, Settings
+from launcher.core.db import open_engine, session_factory
+from launcher.core.keys import create_key
+from launcher.core.deployments import add_backend
+from launcher.core.settings import KeyLimits, RouterSettings, Settings
 from router.app import create_app
 from router.serve import start
 from tests.conftest import SECRET, TEST_ROUTER, LoopThread
@@ -364,16 +364,16 @@ def test_hostile_registration(target: Target, path: str, name: str) -> None:
 
 def test_served_description_matches_the_app_and_docs(target: Target) -> None:
     """GET /openapi.json needs no key, describes every mounted route, and docs/openapi.json is current."""
-    from router.openapi import OPERATIONS, openapi_spec
+    from router.api.openapi import OPERATIONS, openapi_spec
 
     served = requests.get(target.url + "/openapi.json", timeout=10)
     assert served.status_code == 200
     described = {(m, p) for p, ops in served.json()["paths"].items() for m in ops}
     app = create_app(Settings(database="sqlite://"), open_engine("sqlite://"))
-    from router.openapi import mounted_operations
+    from router.api.openapi import mounted_operations
 
     routes = {(m, p) for m, p in mounted_operations(app) if m != "head"}
-    assert routes <= set(OPERATIONS), f"routes missing from router/openapi.py: {routes - set(OPERATIONS)}"
+    assert routes <= set(OPERATIONS), f"routes missing from router/api/openapi.py: {routes - set(OPERATIONS)}"
     assert described == routes
     docs = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
-    assert json.loads(docs.read_text()) == openapi_spec(), "regenerate: python -m router.openapi > docs/openapi.json"
+    assert json.loads(docs.read_text()) == openapi_spec(), "regenerate: python -m router.api.openapi > docs/openapi.json"

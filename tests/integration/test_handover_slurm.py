@@ -30,13 +30,13 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, select
 
-from launcher.catalog import load_catalog
+from launcher.core.catalog import load_catalog
 from launcher.cli import main
-from launcher.db import open_engine, session_factory, utcnow
-from launcher.models import Deployment, ModelTarget
-from launcher.settings import ClusterSettings, RouterSettings, Settings
-from launcher.slurm import JobInfo, SlurmClient
-from launcher.supervisor import Supervisor
+from launcher.core.db import open_engine, session_factory, utcnow
+from launcher.core.schema import Deployment, ModelTarget
+from launcher.core.settings import ClusterSettings, RouterSettings, Settings
+from launcher.slurm.client import JobInfo, SlurmClient
+from launcher.control.supervisor import Supervisor
 from router.app import create_app
 from router.serve import start
 from tests.conftest import LoopThread
@@ -155,8 +155,8 @@ def stack(private_cluster: SlurmCluster, servers: LoopThread, tmp_path_factory: 
                             on_demand_idle_s=6, grace_period_s=1)
     settings = Settings(database=f"sqlite:///{db}", router=router, cluster=cluster)
     with session_factory(engine)() as session:
-        from launcher.keys import create_key
-        from launcher.settings import KeyLimits
+        from launcher.core.keys import create_key
+        from launcher.core.settings import KeyLimits
 
         key, _ = create_key(session, "load", limits=KeyLimits())
 

@@ -10,10 +10,10 @@ from openai.types.chat import ChatCompletionMessageParam
 import pytest
 import requests
 
-from launcher.settings import KeyLimits, RouterSettings, Settings
-from router.accounting import Admission, RequestInfo, Usage
-from router.limits_accounting import LimitsAccounting
-from router.ownership import LimitsOwnershipError
+from launcher.core.settings import KeyLimits, RouterSettings, Settings
+from router.accounting.seam import Admission, RequestInfo, Usage
+from router.accounting.metered import LimitsAccounting
+from router.accounting.ownership import LimitsOwnershipError
 from tests.conftest import SECRET, Registry, RouterHandle
 from tests.fake_backend import FakeBackend
 

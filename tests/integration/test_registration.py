@@ -17,9 +17,9 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from launcher.cli import main
-from launcher.db import session_factory, utcnow
-from launcher.keys import hash_key
-from launcher.models import Deployment, RegistrationToken
+from launcher.core.db import session_factory, utcnow
+from launcher.core.keys import hash_key
+from launcher.core.schema import Deployment, RegistrationToken
 from tests.conftest import SECRET, Registry, RouterHandle
 from tests.fake_backend import FakeBackend
 

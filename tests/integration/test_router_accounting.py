@@ -10,8 +10,8 @@ from typing import Callable
 
 import requests
 
-from launcher.keys import KeyRecord
-from router.accounting import Admission, QuotaExceeded, RequestInfo, Usage
+from launcher.core.keys import KeyRecord
+from router.accounting.seam import Admission, QuotaExceeded, RequestInfo, Usage
 from tests.conftest import Registry, RouterHandle
 from tests.fake_backend import FakeBackend
 

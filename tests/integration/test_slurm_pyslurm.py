@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from launcher.slurm import SlurmError, open_slurm
-from launcher.slurm_pyslurm import PySlurmClient
+from launcher.slurm.client import SlurmError, open_slurm
+from launcher.slurm.pyslurm_adapter import PySlurmClient
 from tests.integration.slurm_fixtures import SlurmCluster, slurm_cluster  # noqa: F401
 
 needs_pyslurm = pytest.mark.skipif(

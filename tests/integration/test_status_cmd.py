@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from launcher.cli import main
 from launcher.cli.status_cmd import duration_text
-from launcher.db import open_engine, session_factory, utcnow
-from launcher.models import Deployment, ModelTarget
+from launcher.core.db import open_engine, session_factory, utcnow
+from launcher.core.schema import Deployment, ModelTarget
 
 NO_ROUTER = "http://127.0.0.1:9"  # the discard port: nothing answers
 

@@ -29,15 +29,15 @@ from aiohttp import web
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from launcher.catalog import Catalog, CatalogEntry, catalog_from_dict
-from launcher.db import open_engine, session_factory, utcnow
-from launcher.models import Deployment, ModelTarget
-from launcher.registry import DeploymentRecord, new_secret, to_record
-from launcher.settings import ClusterSettings, RouterSettings, Settings
-from launcher.slurm import SlurmClient
-from launcher.supervisor import Supervisor
-from router.registration import Claim, register, token_hash
-from launcher.supervisor_task import supervisor_context
+from launcher.core.catalog import Catalog, CatalogEntry, catalog_from_dict
+from launcher.core.db import open_engine, session_factory, utcnow
+from launcher.core.schema import Deployment, ModelTarget
+from launcher.core.deployments import DeploymentRecord, new_secret, to_record
+from launcher.core.settings import ClusterSettings, RouterSettings, Settings
+from launcher.slurm.client import SlurmClient
+from launcher.control.supervisor import Supervisor
+from router.api.registration import Claim, register, token_hash
+from launcher.control.supervisor_task import supervisor_context
 from router.app import create_app
 from router.serve import start
 from tests.conftest import LoopThread, Registry, RouterHandle

@@ -20,8 +20,8 @@ import openai
 import pytest
 from sqlalchemy import select
 
-from launcher.db import session_factory
-from launcher.models import Deployment
+from launcher.core.db import session_factory
+from launcher.core.schema import Deployment
 from tests.conftest import Registry, RouterHandle
 from tests.integration.slurm_fixtures import SlurmCluster
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from launcher.cli import main
-from launcher.models import UsageDaily, UsageRequest
+from launcher.core.schema import UsageDaily, UsageRequest
 from tests.conftest import LoopThread, Registry, RouterHandle, Stack
 
 HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there"}]

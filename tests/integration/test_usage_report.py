@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from launcher.cli import main
-from launcher.db import open_engine
-from router.accounting import Usage
-from router.ledger import Ledger
+from launcher.core.db import open_engine
+from router.accounting.seam import Usage
+from router.accounting.ledger import Ledger
 
 MAR14 = datetime(2026, 3, 14, 9, tzinfo=UTC).timestamp()
 MAR15 = MAR14 + 86400

@@ -18,9 +18,9 @@ import openai
 import pytest
 from sqlalchemy import update
 
-from launcher.db import session_factory, utcnow
-from launcher.models import Deployment, ModelTarget
-from launcher.settings import ClusterSettings, RouterSettings, Settings
+from launcher.core.db import session_factory, utcnow
+from launcher.core.schema import Deployment, ModelTarget
+from launcher.core.settings import ClusterSettings, RouterSettings, Settings
 from router.app import create_app
 from router.serve import start
 from tests.conftest import SECRET, TEST_ROUTER, LoopThread, Registry, RouterHandle

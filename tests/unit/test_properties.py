@@ -10,14 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from launcher.catalog import catalog_from_dict, time_limit_seconds
-from launcher.catalog_fields import CatalogError
-from launcher.settings import KeyLimits
-from launcher.slurm_parse import (
+from launcher.core.catalog import catalog_from_dict, time_limit_seconds
+from launcher.core.catalog_fields import CatalogError
+from launcher.core.settings import KeyLimits
+from launcher.slurm.parse import (
     SlurmError, job_from_json, parse_duration_s, parse_sbatch_output, split_key_values,
 )
-from router import quota
-from router.usage import SseTap, usage_from_json
+from router.accounting import limits as quota
+from router.upstream.usage import SseTap, usage_from_json
 
 NOW = 1_790_000_000.0  # a fixed instant, 2026-09-21
 limits_st = st.builds(

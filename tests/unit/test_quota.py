@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import create_engine
 
-from launcher.keys import KeyRecord
-from launcher.settings import KeyLimits
-from router import quota
-from router.accounting import Admission, QuotaExceeded, RequestInfo, Usage
-from router.ledger import Ledger
-from router.limits_accounting import LimitsAccounting
+from launcher.core.keys import KeyRecord
+from launcher.core.settings import KeyLimits
+from router.accounting import limits as quota
+from router.accounting.seam import Admission, QuotaExceeded, RequestInfo, Usage
+from router.accounting.ledger import Ledger
+from router.accounting.metered import LimitsAccounting
 
 T0 = datetime(2026, 3, 14, 12, 0, 0, tzinfo=UTC).timestamp()
 

@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from launcher.db import open_engine
-from launcher.settings import RouterSettings, Settings
-from router.accounting import NoAccounting
-from router.limits_accounting import LimitsAccounting
-from router.ownership import LimitsOwnershipError
-from router.quota import make_accounting
+from launcher.core.db import open_engine
+from launcher.core.settings import RouterSettings, Settings
+from router.accounting.seam import NoAccounting
+from router.accounting.metered import LimitsAccounting
+from router.accounting.ownership import LimitsOwnershipError
+from router.accounting.limits import make_accounting
 
 HOLD = textwrap.dedent("""
     import sys
-    from launcher.db import open_engine
-    from router.ownership import OwnershipLock
+    from launcher.core.db import open_engine
+    from router.accounting.ownership import OwnershipLock
     lock = OwnershipLock.for_engine(open_engine(sys.argv[1]))
     lock.acquire()
     print("held", flush=True)

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from launcher.reconcile import Plan, Policy, Target, follow_job, reconcile
-from launcher.registry import DeploymentRecord
-from launcher.slurm_parse import JobInfo
+from launcher.control.reconcile import Plan, Policy, Target, follow_job, reconcile
+from launcher.core.deployments import DeploymentRecord
+from launcher.slurm.parse import JobInfo
 
 NOW = datetime(2026, 5, 1, 12, 0, 0)
 POLICY = Policy(launchable=frozenset({"m"}), start_deadline_s={"m": 600}, quick_failure_s=300,

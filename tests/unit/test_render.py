@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from launcher.catalog import Catalog, load_catalog, packaged_catalog
-from launcher.render import JobSecrets, JobSpec, RenderError, render_script
-from launcher.settings import ClusterSettings, EngineEnv
+from launcher.core.catalog import Catalog, load_catalog, packaged_catalog
+from launcher.slurm.render import JobSecrets, JobSpec, RenderError, render_script
+from launcher.core.settings import ClusterSettings, EngineEnv
 
 SECRETS = JobSecrets(registration_token="reg-token-123", backend_secret="backend-secret-456")
 SPEC = JobSpec(log_dir="/logs", python="/venv/bin/python")
@@ -58,7 +58,7 @@ def test_secrets_reach_the_server_by_environment_never_argv(production: Catalog)
 def test_whisper_job_uses_the_project_server_and_its_secret_variable(production: Catalog) -> None:
     script = render_script(production.entry("whisper-large-v3"), CLUSTER, SECRETS, SPEC)
     assert "export LLM_LAUNCH_BACKEND_SECRET=backend-secret-456" in script
-    assert "/venv/bin/python -m launcher.whisper_server --model Systran/faster-whisper-large-v3" in script
+    assert "/venv/bin/python -m launcher.engines.whisper.server --model Systran/faster-whisper-large-v3" in script
     assert "--device cuda" in script and "#SBATCH --gres=gpu:1" in sbatch_lines(script)
     assert "module load" not in script  # engine setup is per engine
 
@@ -86,7 +86,7 @@ def test_container_prefix_and_catalog_overrides(tmp_path: Path) -> None:
                     'env = { OMP_NUM_THREADS = 4 }\n')
     cluster = ClusterSettings(engines={"whisper": EngineEnv(prefix="apptainer exec --nv /img/w.sif")})
     script = render_script(load_catalog(path).entry("w"), cluster, SECRETS, SPEC)
-    assert "apptainer exec --nv /img/w.sif python -m launcher.whisper_server" in script
+    assert "apptainer exec --nv /img/w.sif python -m launcher.engines.whisper.server" in script
     assert {"#SBATCH --cpus-per-task=4", "#SBATCH --mem=20G"} <= set(sbatch_lines(script))
     assert "export OMP_NUM_THREADS=4" in script
 

@@ -6,9 +6,9 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from launcher.keys import KeyRecord, hash_key
-from launcher.settings import KeyLimits
-from router.auth import authenticate, check_model
+from launcher.core.keys import KeyRecord, hash_key
+from launcher.core.settings import KeyLimits
+from router.api.auth import authenticate, check_model
 from router.errors import RouterError
 
 NOW = datetime(2026, 1, 1, 12, 0)

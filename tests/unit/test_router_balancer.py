@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from router.balancer import choose_backend
+from router.upstream.balancer import choose_backend
 
 
 @dataclass(eq=False)

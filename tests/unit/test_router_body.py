@@ -7,7 +7,7 @@ import json
 import pytest
 import requests
 
-from router.body import form_field, inspect, parse_json, with_include_usage
+from router.api.body import form_field, inspect, parse_json, with_include_usage
 from router.errors import RouterError
 
 

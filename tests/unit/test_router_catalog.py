@@ -8,10 +8,10 @@ from typing import Any
 import orjson
 import pytest
 
-from launcher.catalog import catalog_from_dict
-from router.defaults import apply_route, check_max_tokens, merge_defaults, reservation
+from launcher.core.catalog import catalog_from_dict
+from router.api.defaults import apply_route, check_max_tokens, merge_defaults, reservation
 from router.errors import RouterError
-from router.names import Names
+from router.upstream.names import Names
 
 NONTHINKING = {"temperature": 0.7, "top_p": 0.8, "presence_penalty": 1.5,
                "chat_template_kwargs": {"enable_thinking": False}}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.health import DOWN, UNKNOWN, UP, HealthState, after_failure, after_probe
+from router.upstream.health import DOWN, UNKNOWN, UP, HealthState, after_failure, after_probe
 
 
 @pytest.mark.parametrize(("start", "ok", "status", "routable"), [

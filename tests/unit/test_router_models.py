@@ -9,16 +9,16 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from launcher.catalog import catalog_from_dict
-from launcher.registry import DeploymentRecord
-from router.accounting import QuotaExceeded, Usage
-from router.health import DOWN, HealthState, probe_paths, probe_verdict
-from router.metrics import limit_label
-from router.model_list import model_entry
-from router.model_status import LOADING, OFFLINE, PENDING, READY, ModelStatus, model_status, retry_after, unavailable
+from launcher.core.catalog import catalog_from_dict
+from launcher.core.deployments import DeploymentRecord
+from router.accounting.seam import QuotaExceeded, Usage
+from router.upstream.health import DOWN, HealthState, probe_paths, probe_verdict
+from router.api.metrics import limit_label
+from router.api.model_list import model_entry
+from router.api.model_status import LOADING, OFFLINE, PENDING, READY, ModelStatus, model_status, retry_after, unavailable
 from router.request_log import JsonRequestLog, RequestContext
-from router.snapshot import Backend
-from router.usage import usage_from_audio_header
+from router.upstream.snapshot import Backend
+from router.upstream.usage import usage_from_audio_header
 
 NOW = datetime(2025, 3, 1, 12, 0, 0)  # registry times are naive UTC
 T = NOW.replace(tzinfo=UTC).timestamp()
@@ -170,7 +170,7 @@ def test_json_log_line_has_the_fields_and_no_key_or_text() -> None:
 
 
 def test_offline_model_that_is_wanted_says_a_replacement_is_coming() -> None:
-    from router.model_status import OFFLINE, ModelStatus, unavailable
+    from router.api.model_status import OFFLINE, ModelStatus, unavailable
 
     err = unavailable("m", ModelStatus(OFFLINE), now=0.0, default_s=7, wanted=1)
     assert err.status == 503 and err.code == "model_restarting"

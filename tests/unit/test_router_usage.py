@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from router.accounting import Usage
-from router.usage import SseTap, usage_from_json
+from router.accounting.seam import Usage
+from router.upstream.usage import SseTap, usage_from_json
 
 
 def dumps(value: object) -> bytes:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher.db import resolve_db_url
-from launcher.settings import KeyLimits, SettingsError, load_settings, with_overrides
+from launcher.core.db import resolve_db_url
+from launcher.core.settings import KeyLimits, SettingsError, load_settings, with_overrides
 
 
 def write(tmp_path: Path, text: str) -> Path:

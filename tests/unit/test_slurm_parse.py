@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from launcher.slurm import (
+from launcher.slurm.client import (
     SlurmError,
     parse_sbatch_output,
     parse_scontrol_show_job_line,
     parse_sinfo_json,
     parse_squeue_json,
 )
-from launcher.slurm_parse import parse_duration_s
+from launcher.slurm.parse import parse_duration_s
 
 T0 = 1795681939  # submit time of the captured jobs
 

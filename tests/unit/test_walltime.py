@@ -7,8 +7,8 @@ from datetime import datetime
 
 import pytest
 
-from router.availability import Availability, idle_pools
-from router.walltime import NO_END, DecodeRates, choose_in_time, end_epoch, worst_case_s
+from router.api.availability import Availability, idle_pools
+from router.upstream.walltime import NO_END, DecodeRates, choose_in_time, end_epoch, worst_case_s
 
 
 @dataclass(eq=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from launcher import whisper_formats as wf
+from launcher.engines.whisper import formats as wf
 
 SEGMENTS = (
     wf.Segment(0, 0, 0.0, 2.5, " The quick brown fox",

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from launcher.models import Base
+from launcher.core.schema import Base
 
 engine = context.config.attributes["engine"]
 with engine.begin() as connection:

@@ -1,6 +1,6 @@
 """OpenAI-compatible transcription server on faster-whisper, run inside a whisper Slurm job.
 
-    python -m launcher.whisper_server --model PATH_OR_NAME --host H --port P
+    python -m launcher.engines.whisper.server --model PATH_OR_NAME --host H --port P
         [--api-key-file F | env LLM_LAUNCH_BACKEND_SECRET] [--served-name whisper-1]
         [--device auto|cpu|cuda] [--compute-type auto|int8|float16]
         [--max-concurrency N] [--max-queue N]
@@ -20,11 +20,11 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from launcher import whisper_formats as wf
+from launcher.engines.whisper import formats as wf
 
 SAMPLE_RATE = 16_000
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # OpenAI caps audio at 25 MB; leave room for the form
-AUDIO_SECONDS = "x-audio-seconds"  # response header: seconds of decoded audio (router/usage.py reads it)
+AUDIO_SECONDS = "x-audio-seconds"  # response header: seconds of decoded audio (router/upstream/usage.py reads it)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -258,7 +258,7 @@ def create_app(config: ServerConfig, transcriber: Transcriber) -> web.Applicatio
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
-    p = argparse.ArgumentParser(prog="python -m launcher.whisper_server",
+    p = argparse.ArgumentParser(prog="python -m launcher.engines.whisper.server",
                                 description="OpenAI-compatible faster-whisper server")
     p.add_argument("--model", required=True, help="CTranslate2 model folder or Whisper size name")
     p.add_argument("--host", default="127.0.0.1")
