@@ -22,7 +22,8 @@ from launcher.control.deploy import prepare_log_dir, stop_deployments, submit_de
 from launcher.core.schema import Deployment
 from launcher.core.deployments import DeploymentError, DeploymentRecord, mark_gone, to_record
 from launcher.slurm.render import JobSecrets, RenderError, log_file, render_script
-from launcher.slurm.client import SlurmClient, SlurmError, open_slurm
+from launcher.slurm.client import SlurmClient, SlurmError
+from launcher.slurm.connect import open_slurm
 
 catalog_option = click.option(
     "--catalog", "catalog_path", envvar="LLM_LAUNCH_CATALOG", metavar="PATH",

@@ -12,7 +12,8 @@ import click
 
 from launcher.core.catalog import CatalogError, load_catalog, resolve_catalog_path
 from launcher.cli.context import CliContext
-from launcher.slurm.client import SlurmError, open_slurm
+from launcher.slurm.client import SlurmError
+from launcher.slurm.connect import open_slurm
 from launcher.control.supervisor import Supervisor
 
 

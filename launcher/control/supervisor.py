@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from launcher.core.catalog import Catalog, CatalogEntry
 from launcher.core.db import session_factory, utcnow
 from launcher.core.schema import Deployment, ModelTarget
+from launcher.control.deploy import submit_deployment
 from launcher.control.handover import Handover
 from launcher.control.lead_times import handover_policy, recent_startups, windows_at
 from launcher.core.maintenance import Window, parse_windows
@@ -76,8 +77,6 @@ def policy_for(catalog: Catalog, settings: Settings, handover: Handover | None =
 
 
 def _default_submit() -> Submit:
-    from launcher.control.deploy import submit_deployment  # the deploy module renders templates: load it late
-
     submit: Submit = submit_deployment
     return submit
 

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from launcher.core.catalog import load_catalog, resolve_catalog_path
 from launcher.core.db import open_engine, resolve_db_url
 from launcher.core.settings import Settings
-from launcher.slurm.client import open_slurm
+from launcher.slurm.connect import open_slurm
 from launcher.control.supervisor import Supervisor
 
 LOG = logging.getLogger("llm_launch.supervisor")

@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from launcher.core import catalog_fields as cf
-from launcher.core.catalog_fields import CatalogError
+from launcher.core.catalog_fields import CatalogError, PublicName
 from launcher.core.settings import read_toml
 
 __all__ = ["Catalog", "CatalogEntry", "CatalogError", "PublicName", "load_catalog",
@@ -26,14 +26,6 @@ ENGINES = ("vllm", "whisper", "command")
 PACKAGED = ("production", "demo")
 _ENTRY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
-
-
-@dataclass(frozen=True)
-class PublicName:
-    """A name clients send as `model`, with defaults that fill only fields they left out."""
-
-    name: str
-    defaults: Mapping[str, Any]
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,7 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from launcher.core.catalog import PublicName
+from typing import Any
 
 KINDS = ("chat", "embeddings", "transcription")
 CAPABILITIES = ("chat", "vision", "reasoning", "embeddings", "transcription", "tools")
@@ -21,6 +18,14 @@ _TIME = re.compile(r"^(?:\d+-)?\d+(?::\d+){0,2}$")
 
 class CatalogError(Exception):
     """A catalog that cannot be used; the message names the file, the entry and the field."""
+
+
+@dataclass(frozen=True)
+class PublicName:
+    """A name clients send as `model`, with defaults that fill only fields they left out."""
+
+    name: str
+    defaults: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -136,8 +141,6 @@ def environment(ctx: Ctx, t: Mapping[str, Any]) -> Mapping[str, str]:
 
 def public_names(ctx: Ctx, value: Any) -> tuple[PublicName, ...]:
     """The `names` table; without one, the entry serves its own name."""
-    from launcher.core.catalog import PublicName
-
     if value is None:
         return (PublicName(ctx.entry, MappingProxyType({})),)
     if not isinstance(value, dict) or not value:

@@ -13,6 +13,8 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from launcher.core.migrate import upgrade_if_needed
+
 
 class RegistryError(Exception):
     """The registry cannot be opened; the message says which database and why."""
@@ -51,8 +53,6 @@ def open_engine(url: str, *, migrate: bool = True) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     if migrate:
-        from launcher.core.migrate import upgrade_if_needed
-
         upgrade_if_needed(engine)
     return engine
 

@@ -1,11 +1,11 @@
 """The one module that runs Slurm commands: argv lists, timeouts, one-line errors.
 
-Parsing lives in `launcher.slurm_parse` (pure); its records and SlurmError are re-exported here.
+Parsing lives in `launcher.slurm.parse` (pure); its records and SlurmError are re-exported here.
+`launcher.slurm.connect.open_slurm` picks this client or the pyslurm adapter.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
@@ -25,7 +25,7 @@ from launcher.slurm.parse import (
 )
 
 __all__ = [
-    "JobInfo", "NodeInfo", "SlurmClient", "SlurmError", "open_slurm", "parse_sbatch_output",
+    "JobInfo", "NodeInfo", "SlurmClient", "SlurmError", "parse_sbatch_output",
     "parse_scontrol_show_job_line", "parse_sinfo_json", "parse_squeue_json",
 ]
 
@@ -38,18 +38,6 @@ _UNREACHABLE = (
 )
 # scancel of a job that already ended is what the caller wanted anyway
 _ALREADY_GONE = ("already completing or completed", "Invalid job id specified")
-
-
-def open_slurm(env: Mapping[str, str] | None = None) -> SlurmClient:
-    """The client LLM_LAUNCH_SLURM_ADAPTER names: `cli` (default) or `pyslurm`."""
-    adapter = os.environ.get("LLM_LAUNCH_SLURM_ADAPTER", "cli")
-    if adapter == "pyslurm":
-        from launcher.slurm.pyslurm_adapter import PySlurmClient
-
-        return PySlurmClient(env=env)
-    if adapter != "cli":
-        raise SlurmError(f"LLM_LAUNCH_SLURM_ADAPTER={adapter!r}: expected 'cli' or 'pyslurm'")
-    return SlurmClient(env=env)
 
 
 class SlurmClient:

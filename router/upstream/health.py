@@ -1,17 +1,20 @@
-"""Backend health: pure state transitions, the per-kind probe, and the loop that runs probes."""
+"""Backend health: pure state transitions, the per-kind probe, and the loop that runs probes.
+
+Backends are seen through the `Probed` protocol, so this module needs nothing from the snapshot
+(router.upstream.snapshot imports HealthState from here; never the reverse).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 import aiohttp
 import orjson
 
-if TYPE_CHECKING:
-    from router.upstream.snapshot import Backend
+from launcher.core.deployments import DeploymentRecord
 
 LOG = logging.getLogger("router.health")
 UNKNOWN, UP, DOWN = "unknown", "up", "down"
@@ -30,6 +33,19 @@ class HealthState:
         return self.status != DOWN
 
 
+class Probed(Protocol):
+    """What health checking needs of a backend (router.upstream.snapshot.Backend has it)."""
+
+    record: DeploymentRecord
+    url: str
+    headers: dict[str, str]
+    served_name: str
+    health: HealthState
+
+    def set_health(self, health: HealthState) -> None:
+        """Take a new health state."""
+
+
 def after_probe(state: HealthState, ok: bool, reason: str, now: float) -> HealthState:
     """The state after an active probe: up when it passed, down with its reason when not."""
     status = UP if ok else DOWN
@@ -45,7 +61,7 @@ def after_failure(state: HealthState, reason: str, now: float) -> HealthState:
     return HealthState(DOWN, reason, now)
 
 
-def apply(backend: Backend, new: HealthState) -> None:
+def apply(backend: Probed, new: HealthState) -> None:
     """Give BACKEND its new state, logging a change once."""
     if new is backend.health:
         return
@@ -56,7 +72,7 @@ def apply(backend: Backend, new: HealthState) -> None:
         LOG.info("backend %s (%s) is %s", backend.record.id, backend.url, new.status)
 
 
-async def probe(session: aiohttp.ClientSession, backend: Backend, timeout: aiohttp.ClientTimeout) -> str:
+async def probe(session: aiohttp.ClientSession, backend: Probed, timeout: aiohttp.ClientTimeout) -> str:
     """Probe BACKEND without generating anything (no GPU time); '' when ready, else why not.
 
     Transcription servers answer /health. vLLM answers /health (its engine is alive) and lists
@@ -71,7 +87,7 @@ async def probe(session: aiohttp.ClientSession, backend: Backend, timeout: aioht
     return ""
 
 
-async def _probe_path(session: aiohttp.ClientSession, backend: Backend, path: str, timeout: aiohttp.ClientTimeout) -> str:
+async def _probe_path(session: aiohttp.ClientSession, backend: Probed, path: str, timeout: aiohttp.ClientTimeout) -> str:
     try:
         async with session.get(backend.url + path, headers=backend.headers, timeout=timeout) as resp:
             return probe_verdict(path, resp.status, await resp.read(), backend.served_name)
@@ -102,7 +118,7 @@ def _missing_model(body: bytes, model: str) -> str:
 
 
 async def probe_all(
-    session: aiohttp.ClientSession, backends: Iterable[Backend], timeout: aiohttp.ClientTimeout,
+    session: aiohttp.ClientSession, backends: Iterable[Probed], timeout: aiohttp.ClientTimeout,
     clock: Callable[[], float],
 ) -> None:
     """Probe every backend with a URL once, concurrently, and apply the results."""
@@ -114,7 +130,7 @@ async def probe_all(
 
 
 async def probe_loop(
-    session: aiohttp.ClientSession, backends: Callable[[], Iterable[Backend]], interval_s: float,
+    session: aiohttp.ClientSession, backends: Callable[[], Iterable[Probed]], interval_s: float,
     timeout_s: float, clock: Callable[[], float],
 ) -> None:
     """Probe all backends every INTERVAL_S seconds, the first round right away."""

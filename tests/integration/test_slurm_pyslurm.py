@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from launcher.slurm.client import SlurmError, open_slurm
+from launcher.slurm.client import SlurmError
+from launcher.slurm.connect import open_slurm
 from launcher.slurm.pyslurm_adapter import PySlurmClient
 from tests.integration.slurm_fixtures import SlurmCluster, slurm_cluster  # noqa: F401
 
