@@ -7,8 +7,9 @@ import dataclasses
 import click
 
 from launcher.cli.context import CliContext, echo_json, echo_table
-from launcher.core.deployments import KINDS, DeploymentError, add_backend, get_deployment
+from launcher.core.deployments import DeploymentError, add_backend, get_deployment
 from launcher.core.deployments import list_deployments, mark_gone
+from launcher.engines.table import DEFAULT_SECRET_ENV, KINDS
 
 
 @click.group()
@@ -20,7 +21,7 @@ def backends() -> None:
 @click.argument("model")
 @click.argument("url")
 @click.option("--kind", type=click.Choice(KINDS), default="chat", show_default=True, help="What the server does; sets how it is health-checked.")
-@click.option("--secret", envvar="LLM_LAUNCH_BACKEND_SECRET", help="The server's API key (sent upstream by the router).")
+@click.option("--secret", envvar=DEFAULT_SECRET_ENV, help="The server's API key (sent upstream by the router).")
 @click.pass_obj
 def add(ctx: CliContext, model: str, url: str, kind: str, secret: str | None) -> None:
     """Register a running server of MODEL at URL (e.g. http://node12:8001)."""

@@ -19,7 +19,7 @@ from launcher.cli.options import DateType, Unlimited, future
 from launcher.core.db import utcnow
 from launcher.core.keys import hash_key
 from launcher.core.schema import RegistrationToken
-from launcher.core.deployments import KINDS
+from launcher.engines.table import DEFAULT_SECRET_ENV, KINDS
 
 TOKEN_PREFIX = "rt-"
 
@@ -31,7 +31,7 @@ TOKEN_PREFIX = "rt-"
               help="Registration token from an admin (better: env LLM_LAUNCH_REGISTRATION_TOKEN, "
                    "which `ps` does not show).")
 @click.option("--kind", type=click.Choice(KINDS), default="chat", show_default=True)
-@click.option("--secret-env", default="LLM_LAUNCH_BACKEND_SECRET", show_default=True,
+@click.option("--secret-env", default=DEFAULT_SECRET_ENV, show_default=True,
               help="Environment variable holding the server's API key, which the router sends it.")
 @click.option("--router", "router_url", envvar="LLM_LAUNCH_ROUTER_URL",
               help="Router base URL (default: settings cluster.router_url).")

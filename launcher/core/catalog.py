@@ -18,11 +18,11 @@ from typing import Any
 from launcher.core import catalog_fields as cf
 from launcher.core.catalog_fields import CatalogError, PublicName
 from launcher.core.settings import read_toml
+from launcher.engines.table import ENGINES, KINDS, command_engines
 
 __all__ = ["Catalog", "CatalogEntry", "CatalogError", "PublicName", "load_catalog",
            "packaged_catalog", "resolve_catalog_path", "time_limit_seconds"]
 
-ENGINES = ("vllm", "whisper", "command")
 PACKAGED = ("production", "demo")
 _ENTRY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
@@ -140,8 +140,8 @@ def _entry(ctx: cf.Ctx, table: Any) -> CatalogEntry:
         raise CatalogError(f"{ctx.source}: [models.{ctx.entry}] must be a table")
     t = dict(table)
     cf.reject_unknown(ctx, t, CatalogEntry.__dataclass_fields__)
-    engine = cf.choice(ctx, t, "engine", ENGINES, None)
-    kind = cf.choice(ctx, t, "kind", cf.KINDS, "transcription" if engine == "whisper" else "chat")
+    engine = cf.choice(ctx, t, "engine", tuple(ENGINES), None)
+    kind = cf.choice(ctx, t, "kind", KINDS, ENGINES[engine].default_kind)
     names = cf.public_names(ctx, t.get("names"))
     entry = CatalogEntry(
         name=ctx.entry, engine=engine, kind=kind,
@@ -165,12 +165,14 @@ def _entry(ctx: cf.Ctx, table: Any) -> CatalogEntry:
 
 
 def _check_engine(ctx: cf.Ctx, entry: CatalogEntry) -> None:
-    if entry.engine == "command" and not entry.command:
-        raise ctx.error("command", "engine \"command\" needs the server's argv", None)
-    if entry.engine != "command" and entry.command:
-        raise ctx.error("command", "only used with engine = \"command\"", list(entry.command))
-    if entry.engine == "whisper" and entry.kind != "transcription":
-        raise ctx.error("kind", "the whisper engine serves transcription only", entry.kind)
+    spec = ENGINES[entry.engine]
+    if spec.needs_command and not entry.command:
+        raise ctx.error("command", f"engine \"{spec.name}\" needs the server's argv", None)
+    if not spec.needs_command and entry.command:
+        takers = " or ".join(f"engine = \"{name}\"" for name in command_engines())
+        raise ctx.error("command", f"only used with {takers}", list(entry.command))
+    if entry.kind not in spec.kinds:
+        raise ctx.error("kind", f"the {spec.name} engine serves {' and '.join(spec.kinds)} only", entry.kind)
     if entry.nodes > 1:
         raise ctx.error("nodes", "multi-node jobs are not supported by the job templates yet",
                         entry.nodes)

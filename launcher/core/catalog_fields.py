@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-KINDS = ("chat", "embeddings", "transcription")
 CAPABILITIES = ("chat", "vision", "reasoning", "embeddings", "transcription", "tools")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PUBLIC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")

@@ -11,8 +11,7 @@ from sqlalchemy.orm import Session
 
 from launcher.core.db import utcnow
 from launcher.core.schema import Deployment
-
-KINDS = ("chat", "embeddings", "transcription")
+from launcher.engines.table import EXTERNAL, KINDS
 STATES = ("pending", "starting", "ready", "draining", "gone")
 
 
@@ -59,7 +58,7 @@ def new_secret() -> str:
 
 def add_backend(
     session: Session, model: str, url: str, *, kind: str = "chat", secret: str | None = None,
-    engine: str = "external", node: str | None = None,
+    engine: str = EXTERNAL, node: str | None = None,
 ) -> DeploymentRecord:
     """Register a server that already runs; it is ready once the router's probe agrees."""
     if kind not in KINDS:

@@ -7,6 +7,8 @@ from datetime import datetime
 from sqlalchemy import Float, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from launcher.engines.table import EXTERNAL
+
 
 class Base(DeclarativeBase):
     pass
@@ -20,7 +22,7 @@ class Deployment(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model: Mapped[str] = mapped_column(String(200), index=True)
     kind: Mapped[str] = mapped_column(String(32), default="chat")
-    engine: Mapped[str] = mapped_column(String(32), default="external")
+    engine: Mapped[str] = mapped_column(String(32), default=EXTERNAL)
     # pending -> starting -> ready -> draining -> gone
     state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
     reason: Mapped[str | None] = mapped_column(Text, default=None)

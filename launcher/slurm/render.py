@@ -14,12 +14,12 @@ import jinja2
 import slurm_templates
 from launcher.core.catalog import CatalogEntry, time_limit_seconds
 from launcher.core.settings import ClusterSettings, EngineEnv
+from launcher.engines.table import ENGINES, EngineSpec
 
 MASK = "****"
 # Seconds a draining job keeps serving after it deregistered: the router refreshes every second,
 # so requests it sent just before it noticed still arrive.
 DRAIN_SETTLE_S = 3
-_SECRET_ENV = {"vllm": "VLLM_API_KEY"}  # vLLM reads its --api-key from here; argv is public
 _PLACEHOLDER = re.compile(r"\{(port|host|weights|served_name)\}")
 
 
@@ -81,15 +81,18 @@ def render_script(entry: CatalogEntry, cluster: ClusterSettings, secrets: JobSec
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
     )
     env.filters["sh"] = lambda value: shlex.quote(str(value))
+    engine = ENGINES.get(entry.engine)
+    if engine is None:  # only a hand-made entry: the catalog accepts table engines only
+        raise RenderError(f"template for engine {entry.engine!r}: {entry.engine}.sbatch.j2")
     try:
-        template = env.get_template(f"{entry.engine}.sbatch.j2")
-        return template.render(**_context(entry, cluster, secrets, spec, mask))
+        template = env.get_template(engine.template)
+        return template.render(**_context(entry, cluster, secrets, spec, mask, engine))
     except jinja2.TemplateError as exc:
         raise RenderError(f"template for engine {entry.engine!r}: {exc}") from None
 
 
 def _context(entry: CatalogEntry, cluster: ClusterSettings, secrets: JobSecrets, spec: JobSpec,
-             mask: bool) -> dict[str, Any]:
+             mask: bool, engine: EngineSpec) -> dict[str, Any]:
     engine_env = cluster.engines.get(entry.engine, EngineEnv())
     lo, hi = cluster.port_range
     if not 1024 <= lo <= hi <= 65535:
@@ -99,7 +102,7 @@ def _context(entry: CatalogEntry, cluster: ClusterSettings, secrets: JobSecrets,
         "time": job_time(entry, cluster, spec.time_limit), "signal_lead_s": cluster.signal_lead_s,
         "log_file": log_file(spec.log_dir, entry), "site_options": _site_options(cluster),
         "setup": engine_env.setup, "prefix": f"{engine_env.prefix} " if engine_env.prefix else "",
-        "secret_env": _SECRET_ENV.get(entry.engine, "LLM_LAUNCH_BACKEND_SECRET"),
+        "secret_env": engine.secret_env,
         "backend_secret": MASK if mask else secrets.backend_secret,
         "registration_token": MASK if mask else secrets.registration_token,
         "router_url": cluster.router_url.rstrip("/"),

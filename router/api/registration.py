@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from launcher.core.db import session_factory, utcnow
 from launcher.core.keys import hash_key
 from launcher.core.schema import Deployment, RegistrationToken
-from launcher.core.deployments import KINDS
+from launcher.engines.table import EXTERNAL, KINDS
 from router.state import ENGINE, VIEW
 
 ENGINE_KEY = web.AppKey("registration_engine", Engine)
@@ -198,7 +198,7 @@ def _register_own(session: Session, claim: Claim) -> dict[str, Any]:
     _check_grant(grant, claim)
     now = utcnow()
     row = Deployment(
-        model=claim.model or "", kind=claim.kind, engine="external", state="ready", url=_url(claim),
+        model=claim.model or "", kind=claim.kind, engine=EXTERNAL, state="ready", url=_url(claim),
         node=claim.node, secret=claim.secret, registration_token_hash=grant.token_hash,
         ready_at=now, created_at=now, updated_at=now,
     )

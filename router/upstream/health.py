@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 
 from launcher.core.deployments import DeploymentRecord
+from launcher.engines.table import ENGINES
 
 LOG = logging.getLogger("router.health")
 UNKNOWN, UP, DOWN = "unknown", "up", "down"
@@ -99,7 +100,8 @@ def probe_paths(kind: str, engine: str) -> tuple[str, ...]:
     """What to GET to tell whether a server of KIND on ENGINE is ready."""
     if kind == "transcription":
         return ("/health",)
-    return ("/health", "/v1/models") if engine == "vllm" else ("/v1/models",)
+    spec = ENGINES.get(engine)  # servers registered by hand ("external") are not in the table
+    return ("/health", "/v1/models") if spec and spec.probes_health else ("/v1/models",)
 
 
 def probe_verdict(path: str, status: int, body: bytes, served_name: str) -> str:

@@ -20,10 +20,12 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from launcher.engines.table import ENGINES
 from launcher.engines.whisper import formats as wf
 
 SAMPLE_RATE = 16_000
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # OpenAI caps audio at 25 MB; leave room for the form
+SECRET_ENV = ENGINES["whisper"].secret_env  # the job script exports the backend secret here
 AUDIO_SECONDS = "x-audio-seconds"  # response header: seconds of decoded audio (router/upstream/usage.py reads it)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -264,7 +266,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key-file", help="file holding the bearer secret "
-                   "(default: env LLM_LAUNCH_BACKEND_SECRET; neither: no auth)")
+                   f"(default: env {SECRET_ENV}; neither: no auth)")
     p.add_argument("--served-name", default="whisper-1")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--compute-type", default="auto", help="auto, int8, float16, ...")
@@ -278,7 +280,7 @@ def load_secret(path: str | None) -> str | None:
     if path:
         with open(path, encoding="utf-8") as f:
             return f.read().strip() or None
-    return os.environ.get("LLM_LAUNCH_BACKEND_SECRET") or None
+    return os.environ.get(SECRET_ENV) or None
 
 
 def main(argv: list[str] | None = None) -> None:
