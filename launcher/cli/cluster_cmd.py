@@ -17,10 +17,11 @@ from launcher.core.catalog import Catalog, CatalogEntry, CatalogError, load_cata
 from launcher.cli.context import CliContext, echo_json, echo_table
 from launcher.cli.follow import Outcome, breakdown, follow
 from launcher.core.db import utcnow
-from launcher.control.deploy import change_target, find_by_job, job_spec, live_deployments
+from launcher.control.deploy import find_by_job, job_spec, live_deployments
 from launcher.control.deploy import prepare_log_dir, stop_deployments, submit_deployment
 from launcher.core.schema import Deployment
 from launcher.core.deployments import DeploymentError, DeploymentRecord, mark_gone, to_record
+from launcher.core.targets import change_target
 from launcher.slurm.render import JobSecrets, RenderError, log_file, render_script
 from launcher.slurm.client import SlurmClient, SlurmError
 from launcher.slurm.connect import open_slurm

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import socket
 import urllib.error
 import urllib.request
@@ -12,16 +11,11 @@ from datetime import datetime
 from typing import Any
 
 import click
-from sqlalchemy import select
 
 from launcher.cli.context import CliContext, echo_table
 from launcher.cli.options import DateType, Unlimited, future
-from launcher.core.db import utcnow
-from launcher.core.keys import hash_key
-from launcher.core.schema import RegistrationToken
+from launcher.core.tokens import create_token, list_tokens, revoke_token
 from launcher.engines.table import DEFAULT_SECRET_ENV, KINDS
-
-TOKEN_PREFIX = "rt-"
 
 
 @click.command()
@@ -87,13 +81,8 @@ def tokens() -> None:
 def create(ctx: CliContext, model: str | None, expires: datetime | Unlimited | None) -> None:
     """Create a registration token and print it once (only its hash is stored)."""
     expiry = future(expires)
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    now = utcnow()
-    row = RegistrationToken(token_hash=hash_key(token), model=model, created_at=now,
-                            expires_at=expiry if isinstance(expiry, datetime) else None)
     with ctx.session() as session:
-        session.add(row)
-        session.commit()
+        token, row = create_token(session, model, expiry if isinstance(expiry, datetime) else None)
         click.echo(token)
         click.echo(f"token {row.id}: " + (f"model {model}" if model else "any model")
                    + (f", expires {row.expires_at:%Y-%m-%d %H:%M} UTC" if row.expires_at else ""), err=True)
@@ -104,7 +93,7 @@ def create(ctx: CliContext, model: str | None, expires: datetime | Unlimited | N
 def list_(ctx: CliContext) -> None:
     """List registration tokens (never the tokens themselves)."""
     with ctx.session() as session:
-        rows = list(session.scalars(select(RegistrationToken).order_by(RegistrationToken.id)))
+        rows = list_tokens(session)
     echo_table(["id", "model", "expires", "created"],
                [[r.id, r.model or "any", r.expires_at, r.created_at] for r in rows])
 
@@ -115,9 +104,6 @@ def list_(ctx: CliContext) -> None:
 def revoke(ctx: CliContext, token_id: int) -> None:
     """Delete registration token ID; servers already registered with it stay."""
     with ctx.session() as session:
-        row = session.get(RegistrationToken, token_id)
-        if row is None:
+        if not revoke_token(session, token_id):
             raise click.ClickException(f"no registration token with id {token_id}")
-        session.delete(row)
-        session.commit()
     click.echo(f"revoked registration token {token_id}")

@@ -15,10 +15,9 @@ import click
 
 from launcher.cli.context import CliContext, echo_json, echo_table
 from launcher.core.db import utcnow
-from launcher.control.reconcile import Target
 from launcher.core.deployments import DeploymentRecord, list_deployments
 from launcher.core.settings import Settings
-from launcher.control.supervisor import load_targets
+from launcher.core.targets import Target, load_targets
 
 HEADERS = ["id", "model", "job", "state", "node", "url", "time left", "health", "in flight", "links"]
 # The router's answer: {"deployments": [{"id": 3, "health": "healthy", "in_flight": 2}, ...]}

@@ -1,6 +1,7 @@
 """Starting and stopping deployments: render, sbatch, record; drain, scancel, record.
 
-The only place that both runs Slurm (through SlurmClient) and writes deployment rows for it.
+The only place that both runs Slurm (through SlurmClient) and records deployments for it; the
+rows themselves are written by launcher.core.deployments.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from sqlalchemy.orm import Session
 
 from launcher.core.catalog import CatalogEntry
 from launcher.core.keys import hash_key
-from launcher.core.schema import Deployment, ModelTarget
-from launcher.core.deployments import DeploymentError, DeploymentRecord, mark_gone, to_record
+from launcher.core.schema import Deployment
+from launcher.core.deployments import DeploymentError, DeploymentRecord, mark_draining, mark_gone
+from launcher.core.deployments import record_submitted, to_record
 from launcher.slurm.render import JobSecrets, JobSpec, render_script
 from launcher.core.settings import ClusterSettings
 from launcher.slurm.client import SlurmClient
@@ -50,36 +52,16 @@ def submit_deployment(
     secrets = JobSecrets.new()
     script = render_script(entry, cluster, secrets, job_spec(cluster, time_limit))
     job_id = slurm.submit(script)  # SlurmError propagates: no row was written
-    row = Deployment(
-        model=entry.name, kind=entry.kind, engine=entry.engine, state="pending", job_id=job_id,
-        secret=secrets.backend_secret, registration_token_hash=hash_key(secrets.registration_token),
-        submitted_at=now, predecessor_id=predecessor_id, created_at=now, updated_at=now,
-    )
     try:
-        session.add(row)
-        session.commit()
+        return record_submitted(
+            session, model=entry.name, kind=entry.kind, engine=entry.engine, job_id=job_id,
+            secret=secrets.backend_secret, registration_token_hash=hash_key(secrets.registration_token),
+            predecessor_id=predecessor_id, now=now,
+        )
     except Exception:
         session.rollback()
         slurm.cancel(job_id)  # a job the registry does not know could never register
         raise
-    return to_record(row)
-
-
-def change_target(session: Session, model: str, *, now: datetime, delta: int = 0,
-                  absolute: int | None = None) -> int:
-    """Raise or lower MODEL's desired replica count (never below 0); returns the new count.
-
-    An admin's change also clears the supervisor's stop-after-repeated-failures state.
-    """
-    target = session.get(ModelTarget, model)
-    if target is None:
-        target = ModelTarget(model=model, desired_replicas=0, updated_at=now)
-        session.add(target)
-    wanted = absolute if absolute is not None else target.desired_replicas + delta
-    target.desired_replicas = max(0, wanted)
-    target.stopped_reason, target.quick_failures, target.updated_at = None, 0, now
-    session.commit()
-    return target.desired_replicas
 
 
 def live_deployments(session: Session, model: str) -> list[Deployment]:
@@ -111,22 +93,13 @@ def stop_deployments(
     one not yet serving, or every one when IMMEDIATE, or any still running after TIMEOUT_S, is
     scancelled. Rows end `gone` with the job's final Slurm state.
     """
-    rows = [_begin_stop(session, deployment_id, now) for deployment_id in deployment_ids]
-    session.commit()  # the router stops routing to them at its next registry refresh
+    rows = mark_draining(session, deployment_ids, "stopped by llm-launch down", now)
     jobs = {row.job_id: _signal(slurm, row, immediate, progress) for row in rows if row.job_id}
     finals = _wait_for_jobs(slurm, jobs, timeout_s, progress, sleep, clock)
     for row in rows:
         final = finals.get(row.job_id or "", "no job")
         mark_gone(session, row, f"stopped by llm-launch down ({final})")
     return [to_record(row) for row in rows]
-
-
-def _begin_stop(session: Session, deployment_id: int, now: datetime) -> Deployment:
-    row = session.get(Deployment, deployment_id)
-    if row is None:
-        raise DeploymentError(f"no deployment with id {deployment_id}")
-    row.state, row.reason, row.updated_at = "draining", "stopped by llm-launch down", now
-    return row
 
 
 def _signal(slurm: SlurmClient, row: Deployment, immediate: bool, progress: Progress) -> bool:

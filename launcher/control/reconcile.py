@@ -15,6 +15,7 @@ from launcher.control import handover as ho
 from launcher.control.handover import Drain, Handover
 from launcher.core.maintenance import active, describe
 from launcher.core.deployments import DeploymentRecord
+from launcher.core.targets import Target, TargetUpdate
 from launcher.slurm.parse import JobInfo
 
 # Slurm job states, grouped by what they mean for a model server.
@@ -24,17 +25,6 @@ ENDING = frozenset({"COMPLETING", "SIGNALING", "STAGE_OUT"})
 NOT_FAILURES = frozenset({"CANCELLED", "TIMEOUT", "PREEMPTED", "DEADLINE", "NODE_FAIL"})
 # Rows that hold (or will hold) a replica; draining and gone ones are on their way out.
 LIVE = ("pending", "starting", "ready")
-
-
-@dataclass(frozen=True)
-class Target:
-    """A model's desired replica count and its failure bookkeeping (model_targets row)."""
-
-    model: str
-    desired_replicas: int
-    quick_failures: int = 0
-    next_attempt_at: datetime | None = None
-    stopped_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,17 +70,6 @@ class Submission:
     reason: str
     predecessor_id: int | None = None
     time_limit_min: int | None = None  # shorter than usual: a maintenance window follows
-
-
-@dataclass(frozen=True)
-class TargetUpdate:
-    """New failure bookkeeping for a model."""
-
-    model: str
-    quick_failures: int
-    next_attempt_at: datetime | None
-    stopped_reason: str | None
-    message: str = ""
 
 
 @dataclass(frozen=True)

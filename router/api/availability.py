@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 
 from launcher.core.db import session_factory, utcnow
 from launcher.core.maintenance import Window, active, describe, horizon, iso, parse_windows, retry_after_s
-from launcher.core.schema import ModelTarget
+from launcher.core.targets import set_desired_replicas
 from router.errors import RouterError
 from router.request_log import RequestContext
 from router.upstream.snapshot import Pool
@@ -154,14 +154,8 @@ async def _wake(app: web.Application, availability: Availability, pool: str) -> 
 
 def set_desired(engine: Engine, model: str, replicas: int) -> None:
     """Set MODEL's desired replica count (the supervisor does the rest); failure bookkeeping is kept."""
-    now = utcnow()
     with session_factory(engine)() as session:
-        target = session.get(ModelTarget, model)
-        if target is None:
-            session.add(ModelTarget(model=model, desired_replicas=replicas, updated_at=now))
-        elif target.desired_replicas != replicas:
-            target.desired_replicas, target.updated_at = replicas, now
-        session.commit()
+        set_desired_replicas(session, model, replicas, now=utcnow())
 
 
 def idle_pools(availability: Availability, targets: dict[str, int], busy: set[str], now: float,

@@ -19,9 +19,11 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from launcher.core.db import session_factory, utcnow
+from launcher.core.deployments import add_backend, mark_deregistered, mark_registered
 from launcher.core.keys import hash_key
 from launcher.core.schema import Deployment, RegistrationToken
-from launcher.engines.table import EXTERNAL, KINDS
+from launcher.core.tokens import find_grant
+from launcher.engines.table import KINDS
 from router.state import ENGINE, VIEW
 
 ENGINE_KEY = web.AppKey("registration_engine", Engine)
@@ -141,10 +143,7 @@ def register(session: Session, claim: Claim) -> dict[str, Any]:
     row = _claimed_row(session, claim)
     if row.state not in _REGISTRABLE or (row.state == "ready" and row.url != _url(claim)):
         raise Refused(403, f"deployment {row.id} is {row.state}; its token was already used", "token_used")
-    now = utcnow()
-    row.url, row.node, row.state, row.reason = _url(claim), claim.node or row.node, "ready", None
-    row.ready_at, row.updated_at = row.ready_at or now, now
-    session.commit()
+    mark_registered(session, row, _url(claim), claim.node, utcnow())
     return {"deployment_id": row.id, "state": row.state}
 
 
@@ -153,15 +152,7 @@ def deregister(session: Session, claim: Claim) -> dict[str, Any]:
     row = _claimed_row(session, claim) if claim.deployment_id or claim.job_id else _own_row(session, claim)
     if row.state == "gone":
         return {"deployment_id": row.id, "state": row.state}
-    now = utcnow()
-    # The supervisor marks a job gone with Slurm's final state; a hand-started server has no job.
-    # Keep why the supervisor started the drain (e.g. "handed over to #7") over the job's echo.
-    if not (row.state == "draining" and row.reason):
-        row.reason = claim.reason or "deregistered by the server"
-    row.state = "draining" if row.job_id else "gone"
-    row.gone_at = now if row.state == "gone" else row.gone_at
-    row.updated_at = now
-    session.commit()
+    mark_deregistered(session, row, claim.reason or "deregistered by the server", utcnow())
     return {"deployment_id": row.id, "state": row.state}
 
 
@@ -189,22 +180,15 @@ def _own_row(session: Session, claim: Claim) -> Deployment:
 
 
 def _register_own(session: Session, claim: Claim) -> dict[str, Any]:
-    grant = session.scalars(
-        select(RegistrationToken).where(RegistrationToken.token_hash == token_hash(claim.token))
-    ).first()
+    grant = find_grant(session, token_hash(claim.token))
     # The hash lookup leaks nothing: an attacker cannot steer SHA-256 prefixes.
     if grant is None:
         raise Refused(401, "invalid registration token", "invalid_token")
     _check_grant(grant, claim)
-    now = utcnow()
-    row = Deployment(
-        model=claim.model or "", kind=claim.kind, engine=EXTERNAL, state="ready", url=_url(claim),
-        node=claim.node, secret=claim.secret, registration_token_hash=grant.token_hash,
-        ready_at=now, created_at=now, updated_at=now,
-    )
-    session.add(row)
-    session.commit()
-    return {"deployment_id": row.id, "state": row.state}
+    # The checks above are the ones add_backend makes, with the router's own messages.
+    record = add_backend(session, claim.model or "", _url(claim), kind=claim.kind, secret=claim.secret,
+                         node=claim.node, registration_token_hash=grant.token_hash)
+    return {"deployment_id": record.id, "state": record.state}
 
 
 def _check_grant(grant: RegistrationToken, claim: Claim) -> None:

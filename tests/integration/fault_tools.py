@@ -196,8 +196,8 @@ def integrity(db_path: str) -> str:
 SUPERVISOR_WRITER = """
 import sys
 from launcher.core.db import open_engine, session_factory, utcnow
-from launcher.control.reconcile import TargetUpdate
-from launcher.control.supervisor import load_targets, save_target, with_busy_retries
+from launcher.control.supervisor import with_busy_retries
+from launcher.core.targets import TargetUpdate, load_targets, save_target
 engine = open_engine(sys.argv[1])
 sessions = session_factory(engine)
 def bump():

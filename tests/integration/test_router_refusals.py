@@ -6,7 +6,7 @@ from typing import Any
 import requests
 
 from launcher.core.db import session_factory, utcnow
-from launcher.control.deploy import change_target
+from launcher.core.targets import change_target
 from launcher.core.settings import KeyLimits
 
 

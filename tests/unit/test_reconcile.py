@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from launcher.control.reconcile import Plan, Policy, Target, follow_job, reconcile
+from launcher.control.reconcile import Plan, Policy, follow_job, reconcile
+from launcher.core.targets import Target
 from launcher.core.deployments import DeploymentRecord
 from launcher.slurm.parse import JobInfo
 
