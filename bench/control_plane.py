@@ -89,7 +89,8 @@ def fake_slurm(work: Path, count: int) -> Path:
 def pure_pass(db: Path, squeue: str, count: int) -> dict[str, float]:
     """CPU ms of the pure steps of a pass: registry read, squeue parse, plan."""
     from launcher.core.db import open_engine, session_factory, utcnow
-    from launcher.control.reconcile import Policy, reconcile
+    from launcher.control.plan import Policy
+    from launcher.control.reconcile import reconcile
     from launcher.core.targets import Target
     from launcher.slurm.parse import parse_squeue_json
     from launcher.control.supervisor import live_records

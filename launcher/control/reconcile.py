@@ -1,85 +1,28 @@
 """Pure reconciliation: registry rows + Slurm's view + desired replicas -> a plan of changes.
 
 No I/O: the supervisor gathers the inputs (one squeue call), applies the plan and logs it.
-Times are naive UTC, like the registry; Slurm's tz-aware times are converted here.
+Times are naive UTC, like the registry. Per-job rules live in launcher.control.job_state, the
+plan's records in launcher.control.plan.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 
 from launcher.control import handover as ho
-from launcher.control.handover import Drain, Handover
-from launcher.core.maintenance import active, describe
+from launcher.control.handover import Drain
+from launcher.control.job_state import change_message, follow_job, gone_update
+from launcher.control.plan import Cancel, Plan, Policy, RowUpdate, Submission
 from launcher.core.deployments import DeploymentRecord
+from launcher.core.maintenance import active, describe
 from launcher.core.targets import Target, TargetUpdate
 from launcher.slurm.parse import JobInfo
 
-# Slurm job states, grouped by what they mean for a model server.
-QUEUED = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"})
-ENDING = frozenset({"COMPLETING", "SIGNALING", "STAGE_OUT"})
-# Ends someone chose, the limit brought, or a node caused: they say nothing about the model.
-NOT_FAILURES = frozenset({"CANCELLED", "TIMEOUT", "PREEMPTED", "DEADLINE", "NODE_FAIL"})
 # Rows that hold (or will hold) a replica; draining and gone ones are on their way out.
 LIVE = ("pending", "starting", "ready")
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Knobs of the reconcile rules; built from settings and the catalog by the supervisor."""
-
-    launchable: frozenset[str] = frozenset()  # models the catalog can submit
-    start_deadline_s: Mapping[str, float] = field(default_factory=dict)  # per model
-    default_start_deadline_s: float = 900.0
-    quick_failure_s: float = 300.0
-    max_quick_failures: int = 3
-    backoff_base_s: float = 30.0
-    backoff_max_s: float = 900.0
-    handover: Handover = field(default_factory=lambda: Handover({}))
-    on_demand: frozenset[str] = frozenset()  # models whose ready replicas drain when wanted at 0
-
-
-@dataclass(frozen=True)
-class RowUpdate:
-    """Column changes for one deployment, applied only if its state is still expect_state."""
-
-    deployment_id: int
-    expect_state: str
-    changes: Mapping[str, object]
-    message: str = ""  # what to log; "" for quiet refreshes (end time, expected start)
-    failure: bool = False  # a quick failure of its model
-
-
-@dataclass(frozen=True)
-class Cancel:
-    """scancel a job, once its row's update (gone) has been applied."""
-
-    deployment_id: int
-    job_id: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Submission:
-    """Submit one new job for a model (predecessor_id: the replica it takes over from)."""
-
-    model: str
-    reason: str
-    predecessor_id: int | None = None
-    time_limit_min: int | None = None  # shorter than usual: a maintenance window follows
-
-
-@dataclass(frozen=True)
-class Plan:
-    updates: tuple[RowUpdate, ...] = ()
-    cancels: tuple[Cancel, ...] = ()
-    submissions: tuple[Submission, ...] = ()
-    targets: tuple[TargetUpdate, ...] = ()
-    drains: tuple[Drain, ...] = ()
-    notes: tuple[str, ...] = ()  # warnings that hold while their cause does (log each once)
 
 
 def reconcile(
@@ -113,7 +56,7 @@ def reconcile(
         # A surplus row's gone update replaces any refresh planned for it above.
         dropped = {dep.id for dep, _ in surplus}
         updates = [u for u in updates if u.deployment_id not in dropped] if dropped else updates
-        updates += [_gone(dep, why, now) for dep, why in surplus]
+        updates += [gone_update(dep, why, now) for dep, why in surplus]
         cancels += [Cancel(dep.id, dep.job_id or "", why) for dep, why in surplus]
     drain_updates, drains = _drains(deployments, states, targets, policy)
     updates += drain_updates
@@ -131,7 +74,7 @@ def _drains(deployments: Sequence[DeploymentRecord], states: Mapping[int, str], 
     updates = []
     for dep, why in chosen:
         changes = {"state": "draining", "reason": why}
-        updates.append(RowUpdate(dep.id, "ready", changes, _message(dep, changes)))
+        updates.append(RowUpdate(dep.id, "ready", changes, change_message(dep, changes)))
     return updates, [Drain(dep.id, dep.job_id or "", why) for dep, why in chosen]
 
 
@@ -148,45 +91,6 @@ def _timed(more: list[Submission], policy: Policy, now: datetime) -> tuple[list[
     return [replace(s, time_limit_min=minutes) for s in more], ""
 
 
-def follow_job(
-    dep: DeploymentRecord, job: JobInfo | None, policy: Policy, now: datetime,
-) -> tuple[RowUpdate | None, Cancel | None]:
-    """What Slurm's view of one job means for its row: (update or None, cancel or None)."""
-    if job is None:
-        return _ended(dep, "vanished: Slurm no longer knows the job", now, policy), None
-    if job.finished:
-        ended = _ended(dep, final_reason(job), now, policy)
-        # A job that failed between two passes was never seen running: keep where it ran.
-        node = {"node": job.node} if job.node and not dep.node else {}
-        return replace(ended, changes={**ended.changes, **node}), None
-    if job.state in ENDING:
-        return _set(dep, state="draining", reason=f"job {job.state}"), None
-    if job.state in QUEUED:
-        return _queued(dep, job, now)
-    if dep.state in ("pending", "starting"):
-        return _starting(dep, job, policy, now)
-    return _set(dep, node=dep.node or job.node, end_time=naive(job.end_time)), None
-
-
-def _starting(dep: DeploymentRecord, job: JobInfo, policy: Policy, now: datetime) -> tuple[RowUpdate | None, Cancel | None]:
-    """A running job whose server has not registered yet: starting, until its deadline."""
-    deadline = policy.start_deadline_s.get(dep.model, policy.default_start_deadline_s)
-    started = naive(job.start_time)
-    if started and now - started > timedelta(seconds=deadline):
-        reason = f"not ready within its start deadline ({deadline:g} s)"
-        return _gone(dep, reason, now, failure=True), Cancel(dep.id, dep.job_id or "", reason)
-    return _set(dep, state="starting", reason=None, node=job.node, end_time=naive(job.end_time)), None
-
-
-def final_reason(job: JobInfo) -> str:
-    """Slurm's final state first (CANCELLED, TIMEOUT, ...), then what else is known."""
-    # A cancelled or timed-out job's exit code is only the signal that ended it: noise.
-    detail = f"exit code {job.exit_code}" if job.exit_code and job.state in ("FAILED", "COMPLETED") else ""
-    if job.state == "NODE_FAIL" and job.node:
-        detail = f"node {job.node}"
-    return f"{job.state} ({detail})" if detail else job.state
-
-
 def record_failure(target: Target, reason: str, policy: Policy, now: datetime, count: int = 1) -> TargetUpdate:
     """Count quick failures; back off exponentially, and stop after policy.max_quick_failures."""
     failures = target.quick_failures + count
@@ -198,59 +102,6 @@ def record_failure(target: Target, reason: str, policy: Policy, now: datetime, c
     retry_at = now + timedelta(seconds=delay)
     message = f"{target.model}: quick failure {failures} ({reason}); next try in {delay:g} s"
     return TargetUpdate(target.model, failures, retry_at, None, message)
-
-
-def naive(value: datetime | None) -> datetime | None:
-    """Naive UTC (the registry's form) from Slurm's tz-aware time."""
-    return value.astimezone(UTC).replace(tzinfo=None) if value and value.tzinfo else value
-
-
-def _queued(dep: DeploymentRecord, job: JobInfo, now: datetime) -> tuple[RowUpdate | None, Cancel | None]:
-    if dep.state != "pending":
-        # A started job back in the queue was requeued (its node failed): its server is gone,
-        # and a rerun would race the replacement, so end it.
-        reason = f"requeued by Slurm ({job.reason or job.state}); cancelled"
-        return _gone(dep, reason, now), Cancel(dep.id, dep.job_id or "", reason)
-    return _set(dep, reason=job.reason, expected_start=naive(job.start_time)), None
-
-
-def _set(dep: DeploymentRecord, **values: object) -> RowUpdate | None:
-    changes = {k: v for k, v in values.items() if getattr(dep, k) != v}
-    if not changes:
-        return None
-    return RowUpdate(dep.id, dep.state, changes, _message(dep, changes))
-
-
-def _message(dep: DeploymentRecord, changes: Mapping[str, object]) -> str:
-    head = f"{dep.model} job {dep.job_id} (deployment {dep.id})"
-    if "state" in changes:
-        where = f" on {changes['node']}" if changes.get("node") else ""
-        why = f" ({changes['reason']})" if changes.get("reason") else ""
-        return f"{head}: {dep.state} -> {changes['state']}{where}{why}"
-    if "reason" in changes and changes["reason"]:
-        return f"{head}: {dep.state}, Slurm says {changes['reason']}"
-    return ""
-
-
-def _gone(dep: DeploymentRecord, reason: str, now: datetime, *, failure: bool = False) -> RowUpdate:
-    """Row out of routing for good, saying why."""
-    changes: dict[str, object] = {"state": "gone", "reason": reason, "gone_at": now}
-    return RowUpdate(dep.id, dep.state, changes, _message(dep, changes), failure)
-
-
-def _ended(dep: DeploymentRecord, reason: str, now: datetime, policy: Policy) -> RowUpdate:
-    """The job ended on its own (or vanished): gone, and a failure if it counts against the model."""
-    return _gone(dep, reason, now, failure=_is_failure(dep, reason, now, policy))
-
-
-def _is_failure(dep: DeploymentRecord, reason: str, now: datetime, policy: Policy) -> bool:
-    state = reason.split(" ", 1)[0]
-    if state in NOT_FAILURES:
-        return False
-    if dep.ready_at is None:
-        return True
-    drained = dep.state == "draining" and state == "COMPLETED"
-    return not drained and now - dep.ready_at < timedelta(seconds=policy.quick_failure_s)
 
 
 def _bookkeeping(

@@ -24,7 +24,8 @@ from launcher.control.deploy import submit_deployment
 from launcher.control.handover import Handover
 from launcher.control.lead_times import handover_policy, recent_startups, windows_at
 from launcher.core.maintenance import Window, parse_windows
-from launcher.control.reconcile import Plan, Policy, Submission, reconcile, record_failure
+from launcher.control.plan import Plan, Policy, Submission
+from launcher.control.reconcile import reconcile, record_failure
 from launcher.core.deployments import DeploymentRecord, compare_and_set
 from launcher.core.targets import Target, TargetUpdate, load_targets, save_target
 from launcher.core.settings import ClusterSettings, Settings

@@ -12,7 +12,8 @@ from launcher.core.catalog import catalog_from_dict
 from launcher.control.handover import Handover, lead_time_s, startup_times
 from launcher.control.lead_times import handover_policy
 from launcher.core.maintenance import Window, allowed_seconds, parse_reservations, parse_window, slurm_minutes
-from launcher.control.reconcile import Plan, Policy, reconcile
+from launcher.control.plan import Plan, Policy
+from launcher.control.reconcile import reconcile
 from launcher.core.targets import Target
 from launcher.core.deployments import DeploymentRecord
 from launcher.core.settings import ClusterSettings

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from launcher.control.reconcile import Plan, Policy, follow_job, reconcile
+from launcher.control.job_state import follow_job
+from launcher.control.plan import Plan, Policy
+from launcher.control.reconcile import reconcile
 from launcher.core.targets import Target
 from launcher.core.deployments import DeploymentRecord
 from launcher.slurm.parse import JobInfo
