@@ -15,7 +15,8 @@ from aiohttp import web
 from sqlalchemy import Engine
 
 from launcher.core.settings import Settings
-from router.accounting.seam import Accounting, NoAccounting
+from router.accounting.metered import make_accounting
+from router.accounting.seam import Accounting
 from router.api.endpoints import add_routes
 from router.errors import Observer, make_middleware
 from router.upstream.health import probe_loop
@@ -33,7 +34,7 @@ LOG_FLUSH_S = 0.2
 
 
 def create_app(settings: Settings, engine: Engine, accounting: Accounting | None = None) -> web.Application:
-    """The router app; accounting None means the quota module's, or none when it is absent or off.
+    """The router app; accounting None means make_accounting's (none when `router.accounting` is off).
 
     Reads the catalog named by settings `cluster.catalog` once (none: public name == model).
     """
@@ -44,7 +45,7 @@ def create_app(settings: Settings, engine: Engine, accounting: Accounting | None
         client_max_size=max(rs.max_body_bytes, rs.max_json_body_bytes), middlewares=[make_middleware(observers)],
     )
     names = load_names(settings.cluster.catalog)
-    chosen = accounting if accounting is not None else default_accounting(settings, engine)
+    chosen = accounting if accounting is not None else make_accounting(settings, engine)
     state = RouterState(settings=settings, view=RegistryView(engine, names), accounting=chosen, log=log,
                         names=names, observers=observers)
     app[STATE], app[SETTINGS], app[ENGINE] = state, settings, engine
@@ -58,20 +59,6 @@ def create_app(settings: Settings, engine: Engine, accounting: Accounting | None
     add_routes(app)
     _mount_add_ons(app)
     return app
-
-
-def default_accounting(settings: Settings, engine: Engine) -> Accounting:
-    """router.accounting.limits's accounting when installed and switched on, else none."""
-    if not settings.router.accounting:
-        return NoAccounting()
-    try:
-        quota = importlib.import_module("router.accounting.limits")
-    except ModuleNotFoundError as exc:
-        if exc.name != "router.accounting.limits":
-            raise
-        return NoAccounting()
-    made: Accounting = quota.make_accounting(settings, engine)
-    return made
 
 
 def _mount_add_ons(app: web.Application) -> None:
