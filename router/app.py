@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import sys
 import time
@@ -17,19 +16,17 @@ from sqlalchemy import Engine
 from launcher.core.settings import Settings
 from router.accounting.metered import make_accounting
 from router.accounting.seam import Accounting
-from router.api.endpoints import add_routes
+from router.api import admin, availability, endpoints, me, metrics, openapi, registration
+from router.api.handover_metrics import HandoverCollector
 from router.errors import Observer, make_middleware
 from router.upstream.health import probe_loop
 from router.upstream.names import load_names
 from router.upstream.proxy import Upstream
 from router.request_log import make_request_log
 from router.upstream.snapshot import RegistryView
-from router.state import ACCOUNTING, ENGINE, SETTINGS, STATE, VIEW, RouterState
+from router.state import DB_ENGINE, STATE, RouterState
 
 LOG = logging.getLogger("router")
-# Other parts of the project that mount routes when they are installed: module -> add_routes(app).
-ADD_ONS = ("router.api.registration", "router.api.me", "router.api.metrics", "router.api.openapi", "router.api.admin",
-           "router.api.availability")
 LOG_FLUSH_S = 0.2
 
 
@@ -48,28 +45,28 @@ def create_app(settings: Settings, engine: Engine, accounting: Accounting | None
     chosen = accounting if accounting is not None else make_accounting(settings, engine)
     state = RouterState(settings=settings, view=RegistryView(engine, names), accounting=chosen, log=log,
                         names=names, observers=observers)
-    app[STATE], app[SETTINGS], app[ENGINE] = state, settings, engine
-    app[ACCOUNTING], app[VIEW] = chosen, state.view
+    app[STATE], app[DB_ENGINE] = state, engine
     app.cleanup_ctx.append(_lifecycle)
     if rs.supervise:
         # Imported here: a router without the supervisor never loads the Slurm side.
         from launcher.control.supervisor_task import supervisor_context
 
         app.cleanup_ctx.append(supervisor_context(settings, engine))
-    add_routes(app)
-    _mount_add_ons(app)
+    add_routes(app, state)
     return app
 
 
-def _mount_add_ons(app: web.Application) -> None:
-    for name in ADD_ONS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.add_routes(app)
+def add_routes(app: web.Application, state: RouterState) -> None:
+    """Mount every part of the API; metrics observes each request before availability does."""
+    endpoints.add_routes(app)
+    registration.add_routes(app)
+    me.add_routes(app)
+    metrics.add_routes(app)
+    openapi.add_routes(app)
+    admin.add_routes(app)
+    availability.add_routes(app)
+    # Job-end gauges (time left, late successors) join the /metrics registry.
+    app[metrics.METRICS].registry.register(HandoverCollector(state, state.settings.cluster.successor_late_s))
 
 
 def new_session() -> aiohttp.ClientSession:

@@ -19,7 +19,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from router.api.admin import require_admin
-from router.api.endpoints import AUDIO_ENDPOINTS, JSON_ENDPOINTS
+from router.api.paths import AUDIO_ENDPOINTS, JSON_ENDPOINTS
 from router.request_log import RequestContext
 from router.state import STATE, RouterState
 
