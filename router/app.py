@@ -7,7 +7,7 @@ import contextlib
 import logging
 import sys
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import aiohttp
 from aiohttp import web
@@ -28,12 +28,16 @@ from router.state import DB_ENGINE, STATE, RouterState
 
 LOG = logging.getLogger("router")
 LOG_FLUSH_S = 0.2
+CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
 
-def create_app(settings: Settings, engine: Engine, accounting: Accounting | None = None) -> web.Application:
+def create_app(settings: Settings, engine: Engine, accounting: Accounting | None = None,
+               contexts: Sequence[CleanupContext] = ()) -> web.Application:
     """The router app; accounting None means make_accounting's (none when `router.accounting` is off).
 
-    Reads the catalog named by settings `cluster.catalog` once (none: public name == model).
+    CONTEXTS are cleanup contexts that run with the app after its own start-up, such as the
+    supervisor the CLI attaches with `router.supervise`. Reads the catalog named by settings
+    `cluster.catalog` once (none: public name == model).
     """
     rs = settings.router
     log = make_request_log(rs.log_format, sys.stderr) if rs.request_log else None
@@ -47,11 +51,7 @@ def create_app(settings: Settings, engine: Engine, accounting: Accounting | None
                         names=names, observers=observers)
     app[STATE], app[DB_ENGINE] = state, engine
     app.cleanup_ctx.append(_lifecycle)
-    if rs.supervise:
-        # Imported here: a router without the supervisor never loads the Slurm side.
-        from launcher.control.supervisor_task import supervisor_context
-
-        app.cleanup_ctx.append(supervisor_context(settings, engine))
+    app.cleanup_ctx.extend(contexts)
     add_routes(app, state)
     return app
 
