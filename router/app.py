@@ -4,38 +4,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import sys
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import aiohttp
 from aiohttp import web
 from sqlalchemy import Engine
 
 from launcher.core.settings import Settings
-from router.accounting.seam import Accounting, NoAccounting
-from router.api.endpoints import add_routes
+from router.accounting.metered import make_accounting
+from router.accounting.seam import Accounting
+from router.api import admin, availability, endpoints, me, metrics, openapi, registration
+from router.api.handover_metrics import HandoverCollector
 from router.errors import Observer, make_middleware
 from router.upstream.health import probe_loop
 from router.upstream.names import load_names
 from router.upstream.proxy import Upstream
 from router.request_log import make_request_log
 from router.upstream.snapshot import RegistryView
-from router.state import ACCOUNTING, ENGINE, SETTINGS, STATE, VIEW, RouterState
+from router.state import DB_ENGINE, STATE, RouterState
 
 LOG = logging.getLogger("router")
-# Other parts of the project that mount routes when they are installed: module -> add_routes(app).
-ADD_ONS = ("router.api.registration", "router.api.me", "router.api.metrics", "router.api.openapi", "router.api.admin",
-           "router.api.availability")
 LOG_FLUSH_S = 0.2
+CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
 
-def create_app(settings: Settings, engine: Engine, accounting: Accounting | None = None) -> web.Application:
-    """The router app; accounting None means the quota module's, or none when it is absent or off.
+def create_app(settings: Settings, engine: Engine, accounting: Accounting | None = None,
+               contexts: Sequence[CleanupContext] = ()) -> web.Application:
+    """The router app; accounting None means make_accounting's (none when `router.accounting` is off).
 
-    Reads the catalog named by settings `cluster.catalog` once (none: public name == model).
+    CONTEXTS are cleanup contexts that run with the app after its own start-up, such as the
+    supervisor the CLI attaches with `router.supervise`. Reads the catalog named by settings
+    `cluster.catalog` once (none: public name == model).
     """
     rs = settings.router
     log = make_request_log(rs.log_format, sys.stderr) if rs.request_log else None
@@ -44,45 +46,27 @@ def create_app(settings: Settings, engine: Engine, accounting: Accounting | None
         client_max_size=max(rs.max_body_bytes, rs.max_json_body_bytes), middlewares=[make_middleware(observers)],
     )
     names = load_names(settings.cluster.catalog)
-    chosen = accounting if accounting is not None else default_accounting(settings, engine)
+    chosen = accounting if accounting is not None else make_accounting(settings, engine)
     state = RouterState(settings=settings, view=RegistryView(engine, names), accounting=chosen, log=log,
                         names=names, observers=observers)
-    app[STATE], app[SETTINGS], app[ENGINE] = state, settings, engine
-    app[ACCOUNTING], app[VIEW] = chosen, state.view
+    app[STATE], app[DB_ENGINE] = state, engine
     app.cleanup_ctx.append(_lifecycle)
-    if rs.supervise:
-        # Imported here: a router without the supervisor never loads the Slurm side.
-        from launcher.control.supervisor_task import supervisor_context
-
-        app.cleanup_ctx.append(supervisor_context(settings, engine))
-    add_routes(app)
-    _mount_add_ons(app)
+    app.cleanup_ctx.extend(contexts)
+    add_routes(app, state)
     return app
 
 
-def default_accounting(settings: Settings, engine: Engine) -> Accounting:
-    """router.accounting.limits's accounting when installed and switched on, else none."""
-    if not settings.router.accounting:
-        return NoAccounting()
-    try:
-        quota = importlib.import_module("router.accounting.limits")
-    except ModuleNotFoundError as exc:
-        if exc.name != "router.accounting.limits":
-            raise
-        return NoAccounting()
-    made: Accounting = quota.make_accounting(settings, engine)
-    return made
-
-
-def _mount_add_ons(app: web.Application) -> None:
-    for name in ADD_ONS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.add_routes(app)
+def add_routes(app: web.Application, state: RouterState) -> None:
+    """Mount every part of the API; metrics observes each request before availability does."""
+    endpoints.add_routes(app)
+    registration.add_routes(app)
+    me.add_routes(app)
+    metrics.add_routes(app)
+    openapi.add_routes(app)
+    admin.add_routes(app)
+    availability.add_routes(app)
+    # Job-end gauges (time left, late successors) join the /metrics registry.
+    app[metrics.METRICS].registry.register(HandoverCollector(state, state.settings.cluster.successor_late_s))
 
 
 def new_session() -> aiohttp.ClientSession:

@@ -77,7 +77,7 @@ def request_ids() -> Iterator[str]:
 def make_middleware(observers: list[Observer]) -> Middleware:
     """The middleware: request id, error translation to the envelope, then OBSERVERS (log, metrics).
 
-    OBSERVERS is read per request, so add-ons mounted after the app was made can join it.
+    OBSERVERS is read per request, so modules mounted after the middleware was made can join it.
     """
 
     made = request_ids()

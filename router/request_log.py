@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 import orjson
 
 from launcher.core.settings import SettingsError
-
-if TYPE_CHECKING:
-    from router.accounting.seam import Usage
+from router.accounting.seam import QuotaExceeded, Usage
 
 LOG_FORMATS = ("text", "json")
 
@@ -37,7 +35,7 @@ class RequestContext:
         self.usage: Usage | None = None
         self.backend: str | None = None  # the URL of the backend that answered
         self.ttft_s: float | None = None  # seconds to the first streamed chunk
-        self.refusal: Exception | None = None  # the quota refusal, for metrics by limit
+        self.refusal: QuotaExceeded | None = None  # the quota refusal, for metrics by limit
 
 
 class RequestLog:

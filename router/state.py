@@ -1,4 +1,4 @@
-"""Typed application state shared by the router's modules (and by add-on routes)."""
+"""Typed application state shared by the router's modules: the app keys and what they hold."""
 
 from __future__ import annotations
 
@@ -31,7 +31,4 @@ class RouterState:
 
 
 STATE = web.AppKey("llm_launch_state", RouterState)
-SETTINGS = web.AppKey("llm_launch_settings", Settings)
-ENGINE = web.AppKey("llm_launch_engine", Engine)
-ACCOUNTING = web.AppKey("llm_launch_accounting", Accounting)
-VIEW = web.AppKey("llm_launch_registry", RegistryView)
+DB_ENGINE = web.AppKey("llm_launch_db_engine", Engine)  # the registry's SQLAlchemy engine

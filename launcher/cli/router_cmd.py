@@ -12,7 +12,11 @@ import click
 
 from launcher.core.catalog import CatalogError
 from launcher.cli.context import CliContext
+from launcher.control.supervisor_task import supervisor_context
 from launcher.core.settings import Settings, SettingsError, with_overrides
+from router.accounting.ownership import LimitsOwnershipError
+from router.app import create_app
+from router.serve import run
 
 
 @click.command()
@@ -39,16 +43,13 @@ def router(ctx: CliContext, host: str | None, port: int | None, no_accounting: b
         settings = dataclasses.replace(settings, cluster=dataclasses.replace(settings.cluster, catalog=chosen))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter is not the router's news
-    from router.app import create_app
-    from router.serve import run
-
     rs = settings.router
+    # The router itself knows nothing of Slurm: the supervisor joins it here, as one more cleanup context.
+    contexts = [supervisor_context(settings, ctx.engine)] if rs.supervise else []
     try:
-        app = create_app(settings, ctx.engine)
+        app = create_app(settings, ctx.engine, contexts=contexts)
     except (CatalogError, SettingsError) as exc:
         raise click.ClickException(str(exc)) from None
-    from router.accounting.ownership import LimitsOwnershipError
-
     try:
         run(app, rs.host, rs.port, rs.grace_period_s,
             ready=lambda bound: click.echo(f"router listening on http://{rs.host}:{bound}/v1", err=True))

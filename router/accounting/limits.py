@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 from launcher.core.settings import KeyLimits
 
-if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
-    from launcher.core.settings import Settings
-    from router.accounting.seam import Accounting
-
 MINUTE = 60.0
 DAY = 86400.0
+
+
+class Refusal(NamedTuple):
+    """Why a request must wait: which limit (its KeyLimits field), the message, for how long."""
+
+    limit: str
+    message: str
+    wait_s: float
 
 
 class Totals:
@@ -91,47 +93,48 @@ def reservation(limits: KeyLimits, wanted: int) -> int:
     return wanted if wanted > 0 else 1
 
 
-def refusal(
-    st: KeyState, limits: KeyLimits, reserve: int, audio: bool, now: float
-) -> tuple[str, float] | None:
+def refusal(st: KeyState, limits: KeyLimits, reserve: int, audio: bool, now: float) -> Refusal | None:
     """Why a request reserving RESERVE tokens must wait, and for how long; None admits it."""
     if limits.daily_tokens is not None:
         used = st.today.tokens + st.day_reserved
         if used + reserve > limits.daily_tokens:
-            return _over("daily token budget", limits.daily_tokens, used, reserve, _day_end(st) - now)
+            return _over("daily_tokens", "daily token budget", limits.daily_tokens, used, reserve,
+                         _day_end(st) - now)
     if limits.monthly_tokens is not None:
         used = st.month.tokens + st.month_reserved
         if used + reserve > limits.monthly_tokens:
-            return _over("monthly token budget", limits.monthly_tokens, used, reserve, st.month_end - now)
+            return _over("monthly_tokens", "monthly token budget", limits.monthly_tokens, used, reserve,
+                         st.month_end - now)
     if audio and limits.daily_audio_seconds is not None:
         if st.today.audio >= limits.daily_audio_seconds:
             wait = _day_end(st) - now
-            return (f"Daily audio budget reached: {st.today.audio:.0f} of {limits.daily_audio_seconds} "
-                    f"seconds used; it resets in {fmt_duration(wait)} (midnight UTC).", wait)
+            return Refusal("daily_audio_seconds",
+                           f"Daily audio budget reached: {st.today.audio:.0f} of {limits.daily_audio_seconds} "
+                           f"seconds used; it resets in {fmt_duration(wait)} (midnight UTC).", wait)
     if limits.tpm is not None:
         used = st.tok_used + st.tok_reserved
         if used + reserve > limits.tpm:
-            return _over("tokens per minute", limits.tpm, used, reserve, st.tok_start + MINUTE - now)
+            return _over("tpm", "tokens per minute", limits.tpm, used, reserve, st.tok_start + MINUTE - now)
     return _request_refusal(st, limits, now)
 
 
-def _request_refusal(st: KeyState, limits: KeyLimits, now: float) -> tuple[str, float] | None:
+def _request_refusal(st: KeyState, limits: KeyLimits, now: float) -> Refusal | None:
     if limits.rpm is not None and st.req_count >= limits.rpm:
         wait = st.req_start + MINUTE - now
-        return (f"Rate limit reached for requests per minute: {limits.rpm} used; "
-                f"it resets in {fmt_duration(wait)}.", wait)
+        return Refusal("rpm", f"Rate limit reached for requests per minute: {limits.rpm} used; "
+                              f"it resets in {fmt_duration(wait)}.", wait)
     if limits.max_parallel is not None and st.in_flight >= limits.max_parallel:
-        return (f"Too many requests in flight: the limit is {limits.max_parallel} at once; "
-                "retry when one of them has finished.", 1.0)
+        return Refusal("max_parallel", f"Too many requests in flight: the limit is {limits.max_parallel} at once; "
+                                       "retry when one of them has finished.", 1.0)
     return None
 
 
-def _over(what: str, limit: int, used: int, reserve: int, wait: float) -> tuple[str, float]:
+def _over(name: str, what: str, limit: int, used: int, reserve: int, wait: float) -> Refusal:
     text = (f"Rate limit reached for {what}: limit {limit}, used {used} (including requests in "
             f"flight), this request may use up to {reserve}; it resets in {fmt_duration(wait)}.")
     if reserve > 1 and used < limit:
         text += " A smaller max_tokens may fit now."
-    return text, wait
+    return Refusal(name, text, wait)
 
 
 def _day_end(st: KeyState) -> float:
@@ -225,14 +228,3 @@ def fmt_duration(seconds: float) -> str:
 def retry_after(seconds: float) -> int:
     """Retry-After in whole seconds, at least 1."""
     return max(1, math.ceil(seconds))
-
-
-def make_accounting(settings: Settings, engine: Engine) -> Accounting:
-    """The router's accounting: limits and ledger when `router.accounting` is on, else none."""
-    from router.accounting.seam import NoAccounting
-
-    if not settings.router.accounting:
-        return NoAccounting()
-    from router.accounting.metered import LimitsAccounting
-
-    return LimitsAccounting.from_settings(settings, engine)

@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from launcher.core.keys import KeyRecord
 from launcher.core.settings import Settings
 from router.accounting import limits as quota
-from router.accounting.seam import Admission, QuotaExceeded, RequestInfo, Usage
+from router.accounting.seam import Accounting, Admission, NoAccounting, QuotaExceeded, RequestInfo, Usage
 from router.accounting.ledger import Ledger
 from router.accounting.ownership import OwnershipLock
 
@@ -63,7 +63,7 @@ class LimitsAccounting:
         refused = quota.refusal(st, limits, reserve, audio, now)
         if refused is not None:
             headers = quota.rate_headers(st, limits, now)
-            raise QuotaExceeded(refused[0], quota.retry_after(refused[1]), headers)
+            raise QuotaExceeded(refused.message, quota.retry_after(refused.wait_s), headers, limit=refused.limit)
         quota.charge(st, reserve)
         return Admission(info, reserve, now, quota.rate_headers(st, limits, now))
 
@@ -166,3 +166,10 @@ def _restore(totals: quota.Totals, values: list[float]) -> None:
     requests, prompt, completion, reasoning, audio = values
     quota.add_usage(totals, int(prompt), int(completion), int(reasoning), audio)
     totals.requests = int(requests)
+
+
+def make_accounting(settings: Settings, engine: Engine) -> Accounting:
+    """The router's accounting: limits and ledger when `router.accounting` is on, else none."""
+    if not settings.router.accounting:
+        return NoAccounting()
+    return LimitsAccounting.from_settings(settings, engine)

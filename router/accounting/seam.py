@@ -51,12 +51,17 @@ class Admission:
 
 
 class QuotaExceeded(Exception):
-    """A limit refuses the request: 429 with Retry-After and the rate-limit headers."""
+    """A limit refuses the request: 429 with Retry-After and the rate-limit headers.
 
-    def __init__(self, message: str, retry_after_s: int, headers: dict[str, str]) -> None:
+    `limit` names the limit that refused, as metrics label it: the KeyLimits field ("rpm", "tpm",
+    "daily_tokens", "monthly_tokens", "daily_audio_seconds", "max_parallel") or "other".
+    """
+
+    def __init__(self, message: str, retry_after_s: int, headers: dict[str, str], *, limit: str) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
         self.headers = headers
+        self.limit = limit
 
 
 class Accounting(Protocol):

@@ -1,7 +1,7 @@
 """Serving across job ends: request deadlines, maintenance 503s, start on demand, release when idle.
 
-An add-on (router.app's ADD_ONS): `add_routes(app)` stores an `Availability` under AVAILABILITY,
-joins the request observers (decode rates, last use) and runs the idle check. Endpoints call
+Mounted by router.app: `add_routes(app)` stores an `Availability` under AVAILABILITY, joins
+the request observers (decode rates, last use) and runs the idle check. Endpoints call
 `deadlines` for each request and `when_not_ready` when a model has no ready replica.
 """
 
@@ -25,7 +25,7 @@ from launcher.core.targets import set_desired_replicas
 from router.errors import RouterError
 from router.request_log import RequestContext
 from router.upstream.snapshot import Pool
-from router.state import ENGINE, STATE, RouterState
+from router.state import DB_ENGINE, STATE, RouterState
 from router.upstream.walltime import DecodeRates, worst_case_s
 
 LOG = logging.getLogger("router.availability")
@@ -76,25 +76,13 @@ def availability_for(state: RouterState) -> Availability:
 
 
 def add_routes(app: web.Application) -> None:
-    """Install the availability add-on on the app (no routes of its own)."""
+    """Install availability on the app (no routes of its own)."""
     state = app[STATE]
     availability = availability_for(state)
     app[AVAILABILITY] = availability
     state.observers.append(availability.observe)
     if availability.on_demand:
         app.cleanup_ctx.append(_idle_context)
-    _add_metrics(app, state)
-
-
-def _add_metrics(app: web.Application, state: RouterState) -> None:
-    """Time left and late successors on /metrics, when the metrics add-on is mounted."""
-    try:
-        from router.api.handover_metrics import HandoverCollector
-        from router.api.metrics import METRICS
-    except ModuleNotFoundError:  # prometheus_client is not installed: no /metrics at all
-        return
-    if METRICS in app:
-        app[METRICS].registry.register(HandoverCollector(state, state.settings.cluster.successor_late_s))
 
 
 def maintenance_error(window: Window, now: datetime) -> RouterError:
@@ -145,7 +133,7 @@ async def _wake(app: web.Application, availability: Availability, pool: str) -> 
         return
     availability.waking.add(pool)
     try:
-        await asyncio.to_thread(set_desired, app[ENGINE], pool, 1)
+        await asyncio.to_thread(set_desired, app[DB_ENGINE], pool, 1)
         LOG.info("%s: a request arrived with no replica; starting one on demand", pool)
         await app[STATE].view.refresh()
     finally:
@@ -174,7 +162,7 @@ async def _release_idle(app: web.Application, started: float) -> None:
         busy = {b.model for b in snapshot.backends.values() if b.outstanding}
         for pool in idle_pools(availability, dict(snapshot.targets), busy, time.monotonic(), started):
             try:
-                await asyncio.to_thread(set_desired, app[ENGINE], pool, 0)
+                await asyncio.to_thread(set_desired, app[DB_ENGINE], pool, 0)
             except Exception as exc:  # the next round tries again
                 LOG.warning("%s: cannot release the idle on-demand model: %s", pool, exc)
                 continue

@@ -18,21 +18,17 @@ from router.api.defaults import apply_route, reservation
 from router.errors import CTX, RouterError
 from router.api.model_list import list_entries
 from router.api.model_status import model_status, unavailable
+from router.api.paths import AUDIO_ENDPOINTS, JSON_ENDPOINTS, STREAM_USAGE
 from router.upstream.names import Route
 from router.upstream.proxy import Call, Outcome
 from router.upstream.snapshot import Pool
 from router.state import STATE, RouterState
 
-JSON_ENDPOINTS = {
-    "/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings",
-}
-AUDIO_ENDPOINTS = {"/v1/audio/transcriptions": "transcriptions", "/v1/audio/translations": "translations"}
-STREAM_USAGE = frozenset({"chat", "completions"})  # endpoints that know stream_options
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def authorized(request: web.Request) -> KeyRecord:
-    """The caller's key record (also for add-on routes like /v1/me), or a 401."""
+    """The caller's key record (also for other routes like /v1/me), or a 401."""
     state = request.app[STATE]
     record = authenticate(request.headers.get("Authorization"), state.view.snapshot.keys, utcnow)
     request[CTX].key_id = record.id

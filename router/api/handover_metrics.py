@@ -1,7 +1,7 @@
 """Prometheus gauges about job ends: each replica's time left, and successors late to start.
 
-Registered on router.metrics' registry by the availability add-on; read from the snapshot at
-scrape time, so requests pay nothing.
+Registered on router.api.metrics' registry by router.app; read from the snapshot at scrape
+time, so requests pay nothing.
 """
 
 from __future__ import annotations

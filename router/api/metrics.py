@@ -19,7 +19,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from router.api.admin import require_admin
-from router.api.endpoints import AUDIO_ENDPOINTS, JSON_ENDPOINTS
+from router.api.paths import AUDIO_ENDPOINTS, JSON_ENDPOINTS
 from router.request_log import RequestContext
 from router.state import STATE, RouterState
 
@@ -27,20 +27,7 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 ENDPOINTS = {**JSON_ENDPOINTS, **AUDIO_ENDPOINTS, "/v1/models": "models", "/v1/me": "me",
              "/health": "health", "/metrics": "metrics"}
-# Quota refusal messages (router/accounting/limits.py) -> the limit's setting name.
-LIMITS = (("daily token budget", "daily_tokens"), ("monthly token budget", "monthly_tokens"),
-          ("daily audio budget", "daily_audio_seconds"), ("tokens per minute", "tpm"),
-          ("requests per minute", "rpm"), ("in flight", "max_parallel"))
 UNKNOWN, NONE = "unknown", "none"
-
-
-def limit_label(refusal: Exception) -> str:
-    """Which limit refused a request: the exception's `limit` when it has one, else from its message."""
-    given = getattr(refusal, "limit", None)
-    if isinstance(given, str) and given:
-        return given
-    message = str(refusal).lower()
-    return next((label for phrase, label in LIMITS if phrase in message), "other")
 
 
 class _PerModel:
@@ -92,7 +79,7 @@ class Metrics:
         if status >= 400:
             self._error(status)
         if ctx.refusal is not None:
-            self.rejections.labels(limit_label(ctx.refusal)).inc()
+            self.rejections.labels(ctx.refusal.limit).inc()
         if ctx.endpoint is not None:
             self._observe_model(self._per_model(model), ctx)
 

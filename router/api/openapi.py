@@ -1,7 +1,7 @@
 """`GET /openapi.json`: an OpenAPI 3.1 description of the router's API, for fuzzers and client generators.
 
-The description lists only the operations the app really mounts (add-ons such as /metrics or
-registration may be absent), so it never promises a path that answers 404. `docs/openapi.json`
+The description lists only the operations the app really mounts (an app built by hand may lack
+/metrics or registration), so it never promises a path that answers 404. `docs/openapi.json`
 is generated from the same function: `python -m router.api.openapi > docs/openapi.json`.
 """
 
@@ -177,7 +177,7 @@ def add_routes(app: web.Application) -> None:
 
 
 def main() -> None:
-    """Print the document for a router with every add-on mounted (how docs/openapi.json is made)."""
+    """Print the document for a router with every route mounted (how docs/openapi.json is made)."""
     sys.stdout.write(orjson.dumps(openapi_spec(), option=orjson.OPT_INDENT_2).decode() + "\n")
 
 

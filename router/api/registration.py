@@ -24,7 +24,7 @@ from launcher.core.keys import hash_key
 from launcher.core.schema import Deployment, RegistrationToken
 from launcher.core.tokens import find_grant
 from launcher.engines.table import KINDS
-from router.state import ENGINE, VIEW
+from router.state import DB_ENGINE, STATE
 
 ENGINE_KEY = web.AppKey("registration_engine", Engine)
 # States in which a job's own token may (re)register it; a gone or draining job's token is spent.
@@ -55,7 +55,7 @@ class Claim:
 
 
 def add_routes(app: web.Application, engine: Engine | None = None) -> None:
-    """Mount the registration endpoints; ENGINE defaults to the registry engine the app holds."""
+    """Mount the registration endpoints; the engine defaults to the registry engine the app holds."""
     if engine is not None:
         app[ENGINE_KEY] = engine
     app.router.add_post("/internal/register", _register)
@@ -89,8 +89,8 @@ async def _handle(request: web.Request, action: Any) -> web.Response:
         return _error(503, f"the registry cannot be written right now: {reason}", "registry_unavailable")
     except Refused as exc:
         return _error(exc.status, str(exc), exc.code)
-    if VIEW in request.app:  # route to (or stop routing to) it now, not at the next refresh
-        await request.app[VIEW].refresh()
+    if STATE in request.app:  # route to (or stop routing to) it now, not at the next refresh
+        await request.app[STATE].view.refresh()
     return web.json_response(result)
 
 
@@ -103,8 +103,8 @@ def _in_session(engine: Engine, action: Any, claim: Claim) -> dict[str, Any]:
 def _engine(app: web.Application) -> Engine:
     if ENGINE_KEY in app:
         return app[ENGINE_KEY]
-    if ENGINE in app:  # the router's own registry engine (create_app stores it)
-        return app[ENGINE]
+    if DB_ENGINE in app:  # the router's own registry engine (create_app stores it)
+        return app[DB_ENGINE]
     raise Refused(503, "registration is not configured on this router", "unavailable")
 
 

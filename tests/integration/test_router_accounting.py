@@ -28,7 +28,8 @@ class Recording:
 
     def admit(self, info: RequestInfo, now: float) -> Admission:
         if self.refuse:
-            raise QuotaExceeded("rpm limit of 1 reached; resets in 42 s", 42, {"x-ratelimit-remaining-requests": "0"})
+            raise QuotaExceeded("rpm limit of 1 reached; resets in 42 s", 42, {"x-ratelimit-remaining-requests": "0"},
+                                limit="rpm")
         self.admitted.append(info)
         return Admission(info=info, started_at=now, headers={"x-ratelimit-remaining-requests": "9"})
 

@@ -43,20 +43,20 @@ def request(key_limits: KeyLimits, *, prompt: int = 10, max_tokens: int = 0,
 
 
 @pytest.mark.parametrize(
-    ("limits", "info_kw", "usage", "window_s", "phrase"),
+    ("limits", "info_kw", "usage", "window_s", "phrase", "label"),
     [
-        (KeyLimits(rpm=3), {}, Usage(), 60, "requests per minute"),
-        (KeyLimits(tpm=300), {"prompt": 100}, Usage(prompt_tokens=100), 60, "tokens per minute"),
+        (KeyLimits(rpm=3), {}, Usage(), 60, "requests per minute", "rpm"),
+        (KeyLimits(tpm=300), {"prompt": 100}, Usage(prompt_tokens=100), 60, "tokens per minute", "tpm"),
         (KeyLimits(daily_tokens=300), {"prompt": 100}, Usage(prompt_tokens=100), 12 * 3600,
-         "daily token budget"),
+         "daily token budget", "daily_tokens"),
         (KeyLimits(monthly_tokens=300), {"prompt": 100}, Usage(prompt_tokens=100),
-         18 * 86400 + 12 * 3600, "monthly token budget"),
+         18 * 86400 + 12 * 3600, "monthly token budget", "monthly_tokens"),
         (KeyLimits(daily_audio_seconds=90), {"endpoint": "transcriptions", "prompt": 0},
-         Usage(audio_seconds=30.0), 12 * 3600, "Daily audio budget"),
+         Usage(audio_seconds=30.0), 12 * 3600, "Daily audio budget", "daily_audio_seconds"),
     ],
 )
 def test_limit_trips_at_its_number_and_resets_when_window_passes(
-    limits: KeyLimits, info_kw: dict[str, object], usage: Usage, window_s: int, phrase: str
+    limits: KeyLimits, info_kw: dict[str, object], usage: Usage, window_s: int, phrase: str, label: str
 ) -> None:
     acc, clock = make_accounting(), Clock(T0)
     info = request(limits, **info_kw)  # type: ignore[arg-type]
@@ -66,6 +66,7 @@ def test_limit_trips_at_its_number_and_resets_when_window_passes(
     with pytest.raises(QuotaExceeded) as refused:
         acc.admit(info, clock.now)
     assert phrase in str(refused.value)
+    assert refused.value.limit == label  # the metrics label of the limit
     assert "resets in" in str(refused.value)
     assert 1 <= refused.value.retry_after_s <= window_s
     clock.advance(refused.value.retry_after_s)
@@ -76,8 +77,9 @@ def test_concurrency_limit_is_exact_and_frees_on_finish() -> None:
     acc, clock = make_accounting(), Clock(T0)
     info = request(KeyLimits(max_parallel=2))
     first, _second = acc.admit(info, clock.now), acc.admit(info, clock.now)
-    with pytest.raises(QuotaExceeded, match="in flight: the limit is 2"):
+    with pytest.raises(QuotaExceeded, match="in flight: the limit is 2") as refused:
         acc.admit(info, clock.now)
+    assert refused.value.limit == "max_parallel"
     acc.finish(first, 499, Usage(), None, clock.now)
     acc.admit(info, clock.now)
 

@@ -12,9 +12,8 @@ import pytest
 from launcher.core.db import open_engine
 from launcher.core.settings import RouterSettings, Settings
 from router.accounting.seam import NoAccounting
-from router.accounting.metered import LimitsAccounting
+from router.accounting.metered import LimitsAccounting, make_accounting
 from router.accounting.ownership import LimitsOwnershipError
-from router.accounting.limits import make_accounting
 
 HOLD = textwrap.dedent("""
     import sys

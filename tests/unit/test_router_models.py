@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 from dataclasses import replace
 from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import cast
 
 import orjson
 import pytest
@@ -13,10 +15,12 @@ from launcher.core.catalog import catalog_from_dict
 from launcher.core.deployments import DeploymentRecord
 from router.accounting.seam import QuotaExceeded, Usage
 from router.upstream.health import DOWN, HealthState, probe_paths, probe_verdict
-from router.api.metrics import limit_label
+from router.api.metrics import Metrics
 from router.api.model_list import model_entry
 from router.api.model_status import LOADING, OFFLINE, PENDING, READY, ModelStatus, model_status, retry_after, unavailable
 from router.request_log import JsonRequestLog, RequestContext
+from router.state import RouterState
+from router.upstream.names import Names
 from router.upstream.snapshot import Backend
 from router.upstream.usage import usage_from_audio_header
 
@@ -140,17 +144,16 @@ def test_audio_seconds_header_is_billed_in_whole_seconds(header: str | None, sec
     assert (usage.audio_seconds if usage else None) == seconds
 
 
-@pytest.mark.parametrize(("message", "label"), [
-    ("Rate limit reached for tokens per minute: limit 10, used 9", "tpm"),
-    ("Rate limit reached for requests per minute: 5 used; it resets in 3 s.", "rpm"),
-    ("Rate limit reached for daily token budget: limit 10", "daily_tokens"),
-    ("Rate limit reached for monthly token budget: limit 10", "monthly_tokens"),
-    ("Daily audio budget reached: 60 of 60 seconds used", "daily_audio_seconds"),
-    ("Too many requests in flight: the limit is 2 at once", "max_parallel"),
-    ("something new", "other"),
-])
-def test_quota_rejections_are_labelled_by_limit(message: str, label: str) -> None:
-    assert limit_label(QuotaExceeded(message, 1, {})) == label
+@pytest.mark.parametrize("label", ["tpm", "rpm", "daily_tokens", "monthly_tokens", "daily_audio_seconds",
+                                   "max_parallel", "other"])
+def test_quota_rejections_are_labelled_by_the_refusing_limit(label: str) -> None:
+    snapshot = SimpleNamespace(backends={}, pools={})
+    state = cast(RouterState, SimpleNamespace(view=SimpleNamespace(snapshot=snapshot), names=Names()))
+    metrics = Metrics(state)
+    ctx = RequestContext("req-1", 0.0)
+    ctx.refusal = QuotaExceeded("whatever the message says", 1, {}, limit=label)
+    metrics.observe("POST", "/v1/chat/completions", 429, ctx)
+    assert metrics.registry.get_sample_value("llm_router_quota_rejections_total", {"limit": label}) == 1.0
 
 
 def test_json_log_line_has_the_fields_and_no_key_or_text() -> None:

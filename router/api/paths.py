@@ -1,0 +1,9 @@
+"""The proxied /v1 paths and the endpoint kind of each: the handlers mount them, metrics label by them."""
+
+from __future__ import annotations
+
+JSON_ENDPOINTS = {
+    "/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings",
+}
+AUDIO_ENDPOINTS = {"/v1/audio/transcriptions": "transcriptions", "/v1/audio/translations": "translations"}
+STREAM_USAGE = frozenset({"chat", "completions"})  # endpoints that know stream_options
