@@ -73,8 +73,7 @@ def sdk(p: Poisoned, key: str) -> openai.OpenAI:
 def me(p: Poisoned, key: str) -> dict[str, Any]:
     reply = requests.get(p.router.base_url + "/me", headers={"Authorization": f"Bearer {key}"})
     assert reply.status_code == 200, reply.text
-    result: dict[str, Any] = reply.json()
-    return result
+    return dict(reply.json())
 
 
 def request_rows(p: Poisoned, model: str) -> list[dict[str, Any]]:
@@ -107,8 +106,7 @@ def stop(servers: LoopThread, p: Poisoned) -> None:
 
 
 def tokens(row: dict[str, Any]) -> int:
-    total: int = row["prompt_tokens"] + row["completion_tokens"]
-    return total
+    return int(row["prompt_tokens"] + row["completion_tokens"])
 
 
 # --- item 1: one bad value must not stop the ledger -------------------------------------------
@@ -158,8 +156,7 @@ def test_a_graceful_stop_writes_every_record_after_a_poisoned_one(
     for _ in range(3):
         sdk(p, p.alice).chat.completions.create(model="good-chat", messages=HI)
     stop(servers, p)
-    assert daily_row(p, "good-chat")["requests"] == 3
-    assert len(request_rows(p, "good-chat")) == 3
+    assert daily_row(p, "good-chat")["requests"] == len(request_rows(p, "good-chat")) == 3
     assert all(0 <= tokens(r) <= TOKEN_BOUND for r in request_rows(p, "bad-chat"))
 
 
@@ -263,8 +260,7 @@ def honest_tokens(usage: Any) -> tuple[int, int, int] | None:
     values = [usage.get("prompt_tokens"), usage.get("completion_tokens"), (details or {}).get("reasoning_tokens")]
     if any(v is not None and not _count(v) for v in values):
         return None
-    prompt, completion, reasoning = (int(v or 0) for v in values)
-    return prompt, completion, reasoning
+    return int(values[0] or 0), int(values[1] or 0), int(values[2] or 0)
 
 
 def _count(value: Any) -> bool:
