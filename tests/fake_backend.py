@@ -20,6 +20,16 @@ from aiohttp import web
 FAILURES = ("die_mid_stream", "stall", "500", "close_after_headers")
 
 
+class _Auto:
+    """The default of `FakeConfig.usage`: real counts computed from the request."""
+
+    def __repr__(self) -> str:
+        return "AUTO"
+
+
+AUTO: Any = _Auto()
+
+
 @dataclass
 class FakeConfig:
     models: list[str] = field(default_factory=lambda: ["fake-chat"])
@@ -32,6 +42,8 @@ class FakeConfig:
     fail_after_chunks: int = 2
     healthy: bool = True
     reasoning_tokens: int = 3
+    # Any JSON value sent as `usage` instead of the computed one (chat, completions, streams, audio JSON).
+    usage: Any = AUTO
 
 
 @dataclass(frozen=True)
@@ -136,7 +148,8 @@ class FakeBackend:
             # like launcher/engines/whisper/server.py: no usage in a plain answer, the length is a header
             self.sent.append(text.encode())
             return web.Response(text=text, content_type="text/plain", headers={"x-audio-seconds": "2.4"})
-        return self._send_json({"text": text, "usage": {"type": "duration", "seconds": 3}})
+        usage = self.config.usage if self.config.usage is not AUTO else {"type": "duration", "seconds": 3}
+        return self._send_json({"text": text, "usage": usage})
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -157,7 +170,9 @@ class FakeBackend:
         self.sent.append(body)
         return web.Response(body=body, status=status, content_type="application/json")
 
-    def _usage(self, doc: dict[str, Any]) -> dict[str, Any]:
+    def _usage(self, doc: dict[str, Any]) -> Any:
+        if self.config.usage is not AUTO:
+            return self.config.usage
         prompt = len(json.dumps(doc.get("messages", doc.get("prompt", ""))).split())
         return {"prompt_tokens": prompt, "completion_tokens": self.config.chunks,
                 "total_tokens": prompt + self.config.chunks,

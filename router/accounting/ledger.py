@@ -3,7 +3,9 @@
 `record` only adds to an in-memory aggregate per day x key x model (and, if enabled, queues a
 per-request row); a background task hands the batch to a thread every `ledger_flush_s`, which
 adds it to the database with upserts. A crash loses at most the last flush interval; a
-graceful shutdown (`close`) loses nothing. No prompt or answer text ever reaches this module.
+graceful shutdown (`close`) loses nothing the database can take. A batch the database refuses is
+written row by row: a row it refuses (a poisoned value) is dropped and logged, the others are
+written, so one bad row never blocks the rest. No prompt or answer text ever reaches this module.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from sqlalchemy import Engine
 
 from router.accounting.seam import Usage
 from router.accounting.ledger_db import DailyKey, PendingRow, RequestRow, write_batch, prune_requests
-from router.accounting.ledger_db import load_totals
+from router.accounting.ledger_db import load_totals, unavailable, write_each
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ class Ledger:
         self._task: asyncio.Task[None] | None = None
         self._last_prune = 0.0
         self.failed_batches = 0
+        self.dropped_rows = 0  # rows the database refused, dropped so that the others get written
 
     def record(
         self, request_id: str, key_id: int, key_name: str, account: str | None, model: str,
@@ -99,6 +102,8 @@ class Ledger:
             await self._task
             self._task = None
         await self.flush()
+        if self.pending:
+            log.error("usage ledger: %d rows could not be written before the stop and are lost", self.pending)
 
     async def _run(self) -> None:
         while not self._stop.is_set():
@@ -111,18 +116,30 @@ class Ledger:
                 await self._prune(time.time())
 
     async def flush(self) -> None:
-        """Write the current batch in a thread; a failed batch is kept for the next flush."""
+        """Write the current batch in a thread.
+
+        When the database is unavailable the batch is kept for the next flush; when it refuses
+        the batch, the rows are written one by one and only the refused ones are dropped.
+        """
         if not self._daily and not self._requests:
             return
         daily, requests = self._daily, self._requests
         self._daily, self._requests = {}, []
         try:
             await asyncio.to_thread(write_batch, self._engine, daily, requests)
-        except Exception:  # keep the usage: the next flush retries it
+            return
+        except Exception as exc:
             self.failed_batches += 1
-            log.exception("usage ledger: writing %d rows failed; kept for the next flush",
-                          len(daily) + len(requests))
-            self._merge_back(daily, requests)
+            if unavailable(exc):  # keep the usage: the next flush retries it
+                log.exception("usage ledger: writing %d rows failed; kept for the next flush",
+                              len(daily) + len(requests))
+                self._merge_back(daily, requests)
+                return
+            log.warning("usage ledger: the database refused a batch of %d rows (%s); writing them one by one",
+                        len(daily) + len(requests), type(exc).__name__)
+        daily, requests, dropped = await asyncio.to_thread(write_each, self._engine, daily, requests)
+        self.dropped_rows += dropped
+        self._merge_back(daily, requests)
 
     def _merge_back(self, daily: dict[DailyKey, PendingRow], requests: list[RequestRow]) -> None:
         for key, old in daily.items():
@@ -146,4 +163,5 @@ class Ledger:
 
 def describe(ledger: Ledger) -> dict[str, Any]:
     """Ledger state for health pages: what is still waiting to be written."""
-    return {"pending_rows": ledger.pending, "failed_batches": ledger.failed_batches}
+    return {"pending_rows": ledger.pending, "failed_batches": ledger.failed_batches,
+            "dropped_rows": ledger.dropped_rows}

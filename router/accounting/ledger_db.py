@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any, Callable, TypeVar
 
 from sqlalchemy import Connection, Engine, case, delete, func, insert, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from launcher.core.schema import UsageDaily, UsageRequest
 
@@ -28,6 +28,7 @@ REQUEST_COLUMNS = ("ts", "request_id", "key_id", "model", "status", "prompt_toke
                    "backend", "estimated")
 RETRY_DELAYS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 T = TypeVar("T")
+WRITTEN, KEPT, DROPPED = "written", "kept", "dropped"  # what became of one row of a failed batch
 
 
 def write_batch(engine: Engine, daily: dict[DailyKey, PendingRow], requests: list[RequestRow]) -> None:
@@ -38,6 +39,47 @@ def write_batch(engine: Engine, daily: dict[DailyKey, PendingRow], requests: lis
         if requests:
             conn.execute(insert(UsageRequest), [_request_params(r) for r in requests])
     _with_retries(engine, write)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether EXC says the database cannot be written now (locked, full, gone), not that a row is bad."""
+    return isinstance(exc, (OperationalError, InterfaceError))
+
+
+def write_each(
+    engine: Engine, daily: dict[DailyKey, PendingRow], requests: list[RequestRow],
+) -> tuple[dict[DailyKey, PendingRow], list[RequestRow], int]:
+    """Write a failed batch row by row: (daily rows kept, request rows kept, rows dropped).
+
+    A row the database refuses (a poisoned value) is dropped and logged, so it blocks no other;
+    a row that fails because the database is unavailable is kept for the next flush.
+    """
+    kept_daily: dict[DailyKey, PendingRow] = {}
+    kept_requests: list[RequestRow] = []
+    dropped = 0
+    for key, row in daily.items():
+        outcome = _write_one(engine, {key: row}, [], f"daily row {key} {row}")
+        if outcome == KEPT:
+            kept_daily[key] = row
+        dropped += outcome == DROPPED
+    for request in requests:
+        outcome = _write_one(engine, {}, [request], f"request row {request}")
+        if outcome == KEPT:
+            kept_requests.append(request)
+        dropped += outcome == DROPPED
+    return kept_daily, kept_requests, dropped
+
+
+def _write_one(engine: Engine, daily: dict[DailyKey, PendingRow], requests: list[RequestRow], what: str) -> str:
+    try:
+        write_batch(engine, daily, requests)
+    except Exception as exc:
+        if unavailable(exc):
+            return KEPT
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.error("usage ledger: dropped %s: the database refuses it (%s)", what, reason)
+        return DROPPED
+    return WRITTEN
 
 
 def prune_requests(engine: Engine, before: float) -> int:

@@ -74,6 +74,8 @@ class LimitsAccounting:
         info = admission.info
         key = info.key
         st = self.state(key.id, now)
+        if usage.rejected:  # the backend's numbers cannot be trusted: the reservation is the charge
+            usage = _reserved(admission)
         prompt, completion = usage.prompt_tokens, usage.completion_tokens
         quota.settle(st, admission.started_at, admission.reserved_tokens, prompt + completion, now)
         quota.add_usage(st.today, prompt, completion, usage.reasoning_tokens, usage.audio_seconds)
@@ -149,6 +151,13 @@ class LimitsAccounting:
         finally:
             if self._lock is not None:
                 self._lock.release()
+
+
+def _reserved(admission: Admission) -> Usage:
+    """The reservation as usage: the prompt estimate first, the rest as completion."""
+    reserved = admission.reserved_tokens
+    prompt = min(admission.info.prompt_estimate, reserved)
+    return Usage(prompt_tokens=prompt, completion_tokens=reserved - prompt, estimated=True)
 
 
 def _view(limit: int | None, used: float, resets_in_s: float) -> WindowView:

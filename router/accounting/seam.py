@@ -27,13 +27,18 @@ class RequestInfo:
 
 @dataclass(frozen=True)
 class Usage:
-    """Exact counts from the backend; `estimated` when a stream ended before its usage chunk."""
+    """Exact counts from the backend; `estimated` when a stream ended before its usage chunk.
+
+    `rejected` says why the backend's usage could not be trusted (router.upstream.usage_check);
+    such a request is charged as its reservation.
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     reasoning_tokens: int = 0
     audio_seconds: float = 0.0
     estimated: bool = False
+    rejected: str = ""
 
     @property
     def total_tokens(self) -> int:

@@ -20,6 +20,7 @@ from router.errors import CLIENT_GONE, RouterError, envelope
 from router.upstream.health import after_failure, apply
 from router.upstream.snapshot import Backend, Pool
 from router.upstream.usage import AUDIO_SECONDS, SseTap, usage_from_audio_header, usage_from_json
+from router.upstream.usage_check import RejectionLog
 
 NO_USAGE = Usage()
 SSE = "text/event-stream"
@@ -87,6 +88,7 @@ class Upstream:
         self._stall_s = stall_timeout_s
         self._retry_after = str(retry_after_s)
         self._clock = clock
+        self._rejections = RejectionLog()
 
     async def forward(self, request: web.Request, pool: Pool, call: Call, outcome: Outcome) -> web.StreamResponse:
         """Send CALL to the best ready backend of POOL, failing over while the client saw nothing."""
@@ -124,7 +126,9 @@ class Upstream:
             raise
         upstream.release()
         outcome.backend = backend.url
-        return _respond(upstream, body, call, outcome)
+        response = _respond(upstream, body, call, outcome)
+        self._rejections.note(outcome.usage, backend.url, backend.model)
+        return response
 
     async def _open(self, backend: Backend, call: Call, retry_stale: bool) -> aiohttp.ClientResponse:
         headers = {**backend.headers, "Content-Type": call.content_type, "X-Request-Id": call.headers["x-request-id"]}
@@ -188,6 +192,7 @@ class Upstream:
             raise
         finally:
             outcome.usage = tap.result()
+            self._rejections.note(outcome.usage, backend.url, backend.model)
         upstream.release()
         rest = tap.finish()
         if rest and outcome.status == upstream.status:

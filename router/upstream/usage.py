@@ -2,7 +2,8 @@
 
 JSON answers put `usage` near their end, so only the tail is searched first. Streams go through
 `SseTap`, which finds the usage event, removes it when the client did not ask for it, and keeps
-every other byte as the backend sent it.
+every other byte as the backend sent it. Every value is checked on the way in
+(router.upstream.usage_check): a malformed one gives a rejected usage, never an exception.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from typing import Any
 import orjson
 
 from router.accounting.seam import Usage
+from router.upstream.usage_check import audio_usage, rejected, token_usage
 
 TAIL = 4096
 SMALL = 8192  # bytes: below this a full parse is the cheapest way to the usage
 USAGE_KEY = b'"usage"'
 DURATION_KEY = b'"duration"'
 NULL_USAGE = b'"usage":null'
+NULL = b"null"
 AUDIO_SECONDS = "x-audio-seconds"  # set by launcher/engines/whisper/server.py on every answer
 
 
@@ -26,11 +29,11 @@ def usage_from_json(body: bytes) -> Usage | None:
     """The usage object of a chat, completion, embedding or audio answer; None when absent."""
     if len(body) <= SMALL:
         return _usage_of_small(body)
-    found = _object_after(body, USAGE_KEY)
+    found = _usage_after(body)
     if found is not None:
-        return usage_from_object(found)
+        return found
     duration = _number_after(body, DURATION_KEY)
-    return Usage(audio_seconds=duration) if duration is not None else None
+    return audio_usage(duration, "duration") if duration is not None else None
 
 
 def usage_from_audio_header(value: str | None) -> Usage | None:
@@ -43,8 +46,8 @@ def usage_from_audio_header(value: str | None) -> Usage | None:
     try:
         seconds = float(value)
     except ValueError:
-        return None
-    return Usage(audio_seconds=float(math.ceil(seconds))) if math.isfinite(seconds) and seconds >= 0 else None
+        return rejected(f"{AUDIO_SECONDS}: {value[:60]!r}")
+    return audio_usage(float(math.ceil(seconds)) if math.isfinite(seconds) else seconds, AUDIO_SECONDS)
 
 
 def _usage_of_small(body: bytes) -> Usage | None:
@@ -57,23 +60,21 @@ def _usage_of_small(body: bytes) -> Usage | None:
         return None
     if "usage" in doc:
         return usage_from_object(doc["usage"])
-    duration = doc.get("duration")
-    return Usage(audio_seconds=float(duration)) if isinstance(duration, (int, float)) else None
+    return audio_usage(doc["duration"], "duration") if doc.get("duration") is not None else None
 
 
 def usage_from_object(usage: Any) -> Usage | None:
-    """Usage from a parsed `usage` value: tokens, or whisper's {"type": "duration", "seconds"}."""
-    if not isinstance(usage, dict):
+    """Usage from a parsed `usage` value: tokens, or whisper's {"type": "duration", "seconds"}.
+
+    None when it is null; a rejected usage when it is anything but a valid usage object.
+    """
+    if usage is None:
         return None
+    if not isinstance(usage, dict):
+        return rejected(f"usage={usage!r:.60}")
     if usage.get("type") == "duration":
-        return Usage(audio_seconds=float(usage.get("seconds") or 0))
-    details = usage.get("completion_tokens_details")
-    reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
-    return Usage(
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
-        reasoning_tokens=int(reasoning or 0),
-    )
+        return audio_usage(usage.get("seconds"))
+    return token_usage(usage)
 
 
 def _find_key(body: bytes, key: bytes) -> int:
@@ -87,18 +88,21 @@ def _find_key(body: bytes, key: bytes) -> int:
     return -1 if colon < 0 or body[at + len(key):colon].strip() else colon + 1
 
 
-def _object_after(body: bytes, key: bytes) -> Any:
-    start = _find_key(body, key)
+def _usage_after(body: bytes) -> Usage | None:
+    """The usage of a large answer: None when absent or null, rejected when not a readable object."""
+    start = _find_key(body, USAGE_KEY)
     if start < 0:
         return None
-    start = body.find(b"{", start)
-    end = _matching_brace(body, start) if start >= 0 else -1
+    value = body[start:start + TAIL].lstrip()
+    if value.startswith(NULL):
+        return None
+    end = _matching_brace(value, 0) if value.startswith(b"{") else -1
     if end < 0:
-        return None
+        return rejected(f"usage={value[:60]!r}")
     try:
-        return orjson.loads(body[start:end + 1])
+        return usage_from_object(orjson.loads(value[:end + 1]))
     except orjson.JSONDecodeError:
-        return None
+        return rejected(f"usage={value[:60]!r}")
 
 
 def _matching_brace(body: bytes, start: int) -> int:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy import Engine, create_engine, func, select, text
 
 from launcher.core.db import open_engine
 from launcher.core.schema import UsageDaily, UsageRequest
@@ -124,3 +124,35 @@ async def test_throughput_benchmark_runs_in_a_tiny_mode() -> None:
     absorbed, end_to_end = await ledger_rates(2000, 10, per_request=True, flush_s=0.01)
     assert absorbed > 0 and end_to_end > 0
     assert admit_finish_us(100, 10) > 0
+
+
+# Values the database refuses: SQLite cannot hold an integer past 2**63, and NaN is NULL to it.
+POISONS = [Usage(prompt_tokens=10**30), Usage(audio_seconds=float("nan"))]
+
+
+@pytest.mark.parametrize("poison", POISONS, ids=["huge-int", "nan"])
+async def test_a_poisoned_row_is_dropped_and_every_other_row_written(engine: Engine, poison: Usage) -> None:
+    ledger = Ledger(engine, per_request=True)
+    record(ledger, DAY1, key=1, usage=poison)
+    record(ledger, DAY1, key=2)
+    record(ledger, DAY1, key=3, model="w", usage=Usage(audio_seconds=2.0))
+    await ledger.flush()
+    assert [r[1] for r in daily(engine)] == [2, 3]
+    assert (ledger.pending, ledger.failed_batches, ledger.dropped_rows) == (0, 1, 2)  # its daily and request row
+    record(ledger, DAY1, key=1)  # the key itself is not blocked either
+    await ledger.flush()
+    assert [r[1:4] for r in daily(engine)] == [(2, "m", 1), (3, "w", 1), (1, "m", 1)]
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(UsageRequest)) == 3
+
+
+async def test_a_graceful_stop_writes_what_it_can_after_a_poisoned_row(engine: Engine) -> None:
+    ledger = Ledger(engine, flush_s=3600)
+    await ledger.start()
+    for poison in POISONS:
+        record(ledger, DAY1, key=1, usage=poison)
+        for key in (2, 3):
+            record(ledger, DAY1, key=key)
+    await ledger.close()
+    assert [r[1:4] for r in daily(engine)] == [(2, "m", 2), (3, "m", 2)]
+    assert ledger.pending == 0

@@ -138,10 +138,14 @@ def test_probe_verdict_checks_the_served_name(path: str, status: int, body: byte
 
 
 @pytest.mark.parametrize(("header", "seconds"), [("2.4", 3.0), ("3", 3.0), ("0", 0.0), (None, None),
-                                                 ("", None), ("soon", None), ("-1", None), ("nan", None)])
-def test_audio_seconds_header_is_billed_in_whole_seconds(header: str | None, seconds: float | None) -> None:
+                                                 ("", None), ("soon", "rejected"), ("-1", "rejected"),
+                                                 ("nan", "rejected"), ("1e9", "rejected")])
+def test_audio_seconds_header_is_billed_in_whole_seconds(header: str | None, seconds: float | str | None) -> None:
     usage = usage_from_audio_header(header)
-    assert (usage.audio_seconds if usage else None) == seconds
+    if seconds == "rejected":  # a header that is there but no length: charged as the reservation
+        assert usage is not None and usage.rejected and usage.audio_seconds == 0.0
+    else:
+        assert (usage.audio_seconds if usage else None) == seconds
 
 
 @pytest.mark.parametrize("label", ["tpm", "rpm", "daily_tokens", "monthly_tokens", "daily_audio_seconds",
