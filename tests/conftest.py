@@ -23,6 +23,8 @@ from launcher.core.db import open_engine, session_factory
 from launcher.core.keys import create_key
 from launcher.core.deployments import DeploymentRecord, add_backend
 from launcher.core.settings import KeyLimits, RouterSettings, Settings
+from router.app import create_app
+from router.serve import start
 from tests.fake_backend import FakeBackend, FakeConfig
 
 try:
@@ -129,29 +131,38 @@ class RouterHandle:
 
 
 @pytest.fixture
-def make_router(servers: LoopThread, registry: Registry) -> Iterator[Callable[..., RouterHandle]]:
-    """Start routers on the registry: make_router(stall_timeout_s=..., accounting=...)."""
-    from router.app import create_app
-    from router.serve import start
+def start_router(servers: LoopThread, registry: Registry) -> Iterator[Callable[..., RouterHandle]]:
+    """Start routers on the registry: start_router(settings, accounting=None, grace_s=None).
 
+    grace_s None: the settings' grace period. Every router started stops when the test ends.
+    """
     handles: list[RouterHandle] = []
 
-    def make(accounting: Any = None, **overrides: Any) -> RouterHandle:
-        router_settings = dataclasses.replace(RouterSettings(), **{**TEST_ROUTER, **overrides})
-        settings = Settings(database=registry.url, router=router_settings)
+    def start_one(settings: Settings, accounting: Any = None, grace_s: float | None = None) -> RouterHandle:
+        grace = settings.router.grace_period_s if grace_s is None else grace_s
 
         async def boot() -> RouterHandle:
             app = create_app(settings, registry.engine, accounting)
-            runner, port = await start(app, "127.0.0.1", 0, router_settings.grace_period_s)
+            runner, port = await start(app, "127.0.0.1", 0, grace)
             return RouterHandle(app, runner, port, settings)
 
-        handle = servers.run(boot())
-        handles.append(handle)
-        return handle
+        handles.append(servers.run(boot()))
+        return handles[-1]
 
-    yield make
+    yield start_one
     for handle in handles:
         servers.run(handle.runner.cleanup())
+
+
+@pytest.fixture
+def make_router(start_router: Callable[..., RouterHandle], registry: Registry) -> Callable[..., RouterHandle]:
+    """Start routers with the test settings: make_router(stall_timeout_s=..., accounting=...)."""
+
+    def make(accounting: Any = None, **overrides: Any) -> RouterHandle:
+        router_settings = dataclasses.replace(RouterSettings(), **{**TEST_ROUTER, **overrides})
+        return start_router(Settings(database=registry.url, router=router_settings), accounting)
+
+    return make
 
 
 @dataclass

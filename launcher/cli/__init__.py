@@ -8,6 +8,7 @@ import click
 from sqlalchemy.exc import OperationalError
 
 from launcher.cli.context import CliContext
+from launcher.cli.errors import cli_errors
 
 # name -> "module:attribute"; modules load only when their command runs, so `keys list`
 # never imports aiohttp and a missing optional part cannot break the others.
@@ -34,11 +35,8 @@ class LazyGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> object:
         """Run the subcommand; a database that cannot be written (disk full, read-only) is one line, no traceback."""
-        try:
+        with cli_errors(OperationalError, message=_unwritable):
             return super().invoke(ctx)
-        except OperationalError as exc:
-            reason = str(exc.orig or exc).splitlines()[0]
-            raise click.ClickException(f"the registry cannot be written: {reason}") from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(name for name in COMMANDS if self._load(name) is not None)
@@ -61,6 +59,11 @@ class LazyGroup(click.Group):
         command = getattr(module, attribute)
         assert isinstance(command, click.Command)
         return command
+
+
+def _unwritable(exc: OperationalError) -> str:
+    reason = str(exc.orig or exc).splitlines()[0]
+    return f"the registry cannot be written: {reason}"
 
 
 @click.group(cls=LazyGroup)

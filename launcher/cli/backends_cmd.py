@@ -7,6 +7,7 @@ import dataclasses
 import click
 
 from launcher.cli.context import CliContext, echo_json, echo_table
+from launcher.cli.errors import cli_errors
 from launcher.core.deployments import DeploymentError, add_backend, get_deployment
 from launcher.core.deployments import list_deployments, mark_gone
 from launcher.engines.table import DEFAULT_SECRET_ENV, KINDS
@@ -26,10 +27,8 @@ def backends() -> None:
 def add(ctx: CliContext, model: str, url: str, kind: str, secret: str | None) -> None:
     """Register a running server of MODEL at URL (e.g. http://node12:8001)."""
     with ctx.session() as session:
-        try:
+        with cli_errors(DeploymentError):
             record = add_backend(session, model, url, kind=kind, secret=secret)
-        except DeploymentError as exc:
-            raise click.ClickException(str(exc)) from None
     click.echo(f"added backend {record.id}: {model} at {record.url}")
 
 
@@ -57,9 +56,7 @@ def list_(ctx: CliContext, as_json: bool, include_gone: bool) -> None:
 def remove(ctx: CliContext, deployment_id: int) -> None:
     """Stop routing to backend ID (the server itself keeps running)."""
     with ctx.session() as session:
-        try:
+        with cli_errors(DeploymentError):
             row = get_deployment(session, deployment_id)
-        except DeploymentError as exc:
-            raise click.ClickException(str(exc)) from None
         mark_gone(session, row, "removed by admin")
     click.echo(f"removed backend {deployment_id}")

@@ -6,8 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import click
 
 from launcher.core.catalog import Catalog, CatalogEntry, CatalogError, load_catalog, resolve_catalog_path
 from launcher.cli.context import CliContext, echo_json, echo_table
+from launcher.cli.errors import cli_errors
 from launcher.cli.follow import Outcome, breakdown, follow
 from launcher.core.db import utcnow
 from launcher.control.deploy import find_by_job, job_spec, live_deployments
@@ -32,18 +32,13 @@ catalog_option = click.option(
 )
 
 
-@contextmanager
-def admin_errors() -> Iterator[None]:
-    """Turn the launcher's errors into one-line CLI errors (no tracebacks)."""
-    try:
-        yield
-    except (CatalogError, DeploymentError, RenderError, SlurmError) as exc:
-        raise click.ClickException(str(exc)) from None
+# The launcher's errors that these commands report as one line (no traceback).
+ADMIN_ERRORS = (CatalogError, DeploymentError, RenderError, SlurmError)
 
 
 def open_catalog(ctx: CliContext, path: str | None) -> Catalog:
     """The catalog named by --catalog, LLM_LAUNCH_CATALOG, settings, or the packaged default."""
-    with admin_errors():
+    with cli_errors(*ADMIN_ERRORS):
         return load_catalog(resolve_catalog_path(path, ctx.settings.cluster.catalog))
 
 
@@ -87,14 +82,14 @@ def _plain(value: Any) -> Any:
 def render(ctx: CliContext, model: str, catalog_path: str | None, time_limit: str | None) -> None:
     """Print the sbatch script `up MODEL` would submit (secrets masked)."""
     entry = _entry(ctx, catalog_path, model)
-    with admin_errors():
+    with cli_errors(*ADMIN_ERRORS):
         spec = job_spec(ctx.settings.cluster, time_limit)
         click.echo(render_script(entry, ctx.settings.cluster, JobSecrets("", ""), spec, mask=True), nl=False)
 
 
 def _entry(ctx: CliContext, catalog_path: str | None, model: str) -> CatalogEntry:
     catalog = open_catalog(ctx, catalog_path)
-    with admin_errors():
+    with cli_errors(*ADMIN_ERRORS):
         return catalog.entry(model)
 
 
@@ -111,11 +106,11 @@ def up(ctx: CliContext, model: str, catalog_path: str | None, replicas: int | No
     """Submit MODEL's server as Slurm job(s) and record them as pending."""
     entry = _entry(ctx, catalog_path, model)
     replicas = replicas or max(entry.replicas, 1)
-    with admin_errors():
+    with cli_errors(*ADMIN_ERRORS):
         slurm = open_slurm()
     started = time.monotonic()
     records = []
-    with admin_errors(), ctx.session() as session:
+    with cli_errors(*ADMIN_ERRORS), ctx.session() as session:
         for _ in range(replicas):
             records.append(submit_deployment(session, slurm, entry, ctx.settings.cluster,
                                              time_limit=time_limit, now=utcnow()))
@@ -132,7 +127,7 @@ def _wait(ctx: CliContext, slurm: SlurmClient, entry: CatalogEntry, records: lis
           started: float, overhead: float, timeout_s: float | None) -> None:
     tty = sys.stdout.isatty()
     ids = [r.id for r in records]
-    with admin_errors():
+    with cli_errors(*ADMIN_ERRORS):
         outcome = follow(slurm, lambda: _read(ctx, ids), tty=tty, echo=_echo(tty), started=started,
                          timeout_s=timeout_s)
     if tty:
@@ -197,7 +192,7 @@ def _print_tail(path: Path, lines: int = 25) -> None:
 @click.pass_obj
 def down(ctx: CliContext, target: str, catalog_path: str | None, immediate: bool, timeout_s: float) -> None:
     """Stop routing to MODEL (all its jobs) or one JOB, drain, then scancel; lowers desired replicas."""
-    with admin_errors(), ctx.session() as session:
+    with cli_errors(*ADMIN_ERRORS), ctx.session() as session:
         rows, model, delta = _targets(ctx, session, catalog_path, target)
         desired = change_target(session, model, now=utcnow(), delta=delta or 0,
                                 absolute=0 if delta is None else None)

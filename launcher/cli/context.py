@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from launcher.cli.errors import cli_errors
 from launcher.core.db import RegistryError, open_engine, resolve_db_url, session_factory
 from launcher.core.settings import Settings, SettingsError, load_settings, with_overrides
 
@@ -28,10 +29,8 @@ class CliContext:
     def settings(self) -> Settings:
         """The settings file, loaded once; a broken file is a one-line CLI error."""
         if self._settings is None:
-            try:
+            with cli_errors(SettingsError):
                 self._settings = with_overrides(load_settings(self.config_option), self.overrides)
-            except SettingsError as exc:
-                raise click.ClickException(str(exc)) from None
         return self._settings
 
     @property
@@ -42,10 +41,9 @@ class CliContext:
     def engine(self) -> Engine:
         """The registry engine, created and migrated on first use."""
         if self._engine is None:
-            try:
+            with cli_errors(RegistryError, OperationalError,
+                            message=lambda exc: f"registry {self.db_url}: {_one_line(exc)}"):
                 self._engine = open_engine(self.db_url)
-            except (RegistryError, OperationalError) as exc:
-                raise click.ClickException(f"registry {self.db_url}: {_one_line(exc)}") from None
         return self._engine
 
     def session(self) -> Session:

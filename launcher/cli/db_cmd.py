@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from launcher.cli.context import CliContext
+from launcher.cli.errors import cli_errors
 from launcher.core.db import RegistryError, open_engine
 from launcher.core.migrate import current_revision, head_revision, upgrade_if_needed
 
@@ -18,11 +19,9 @@ def db() -> None:
 @click.pass_obj
 def upgrade(ctx: CliContext) -> None:
     """Create the registry or migrate it to the newest schema."""
-    try:
+    with cli_errors(RegistryError):
         engine = open_engine(ctx.db_url, migrate=False)
         applied = upgrade_if_needed(engine)
-    except RegistryError as exc:
-        raise click.ClickException(str(exc)) from None
     state = "migrated to" if applied else "already at"
     click.echo(f"registry {engine.url.render_as_string()} {state} revision {head_revision(engine)}")
 
@@ -31,10 +30,8 @@ def upgrade(ctx: CliContext) -> None:
 @click.pass_obj
 def current(ctx: CliContext) -> None:
     """Print the registry's schema revision and whether a migration is pending."""
-    try:
+    with cli_errors(RegistryError):
         engine = open_engine(ctx.db_url, migrate=False)
-    except RegistryError as exc:
-        raise click.ClickException(str(exc)) from None
     revision, head = current_revision(engine), head_revision(engine)
     pending = "" if revision == head else f" (newest is {head}: run `llm-launch db upgrade`)"
     click.echo(f"{revision or 'empty'}{pending}")

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import click
 
 from launcher.cli.context import CliContext, echo_json, echo_table
+from launcher.cli.errors import cli_errors
 from launcher.cli.options import UNLIMITED, DateType, LimitType, Unlimited, future
 from launcher.core.keys import LIMIT_FIELDS, KeyRecord, KeyStoreError, create_key, list_keys
 from launcher.core.keys import revoke_key, update_key
@@ -53,14 +54,12 @@ def create(ctx: CliContext, /, name: str, as_json: bool, **options: Any) -> None
     models = _models(options["models"])
     allowed = None if isinstance(models, Unlimited) else models
     with ctx.session() as session:
-        try:
+        with cli_errors(KeyStoreError):
             key, record = create_key(
                 session, name, limits=limits, models=allowed,
                 account=options["account"], tier=options["tier"],
                 expires_at=_db_value(future(options["expires"])),
             )
-        except KeyStoreError as exc:
-            raise click.ClickException(str(exc)) from None
     if as_json:
         echo_json({"key": key, **_as_dict(record)})
         return
@@ -91,10 +90,8 @@ def update(ctx: CliContext, /, ident: str, **options: Any) -> None:
     if not changes:
         raise click.UsageError("nothing to change: give at least one limit, --models, --expires, --account or --tier")
     with ctx.session() as session:
-        try:
+        with cli_errors(KeyStoreError):
             record = update_key(session, ident, changes)
-        except KeyStoreError as exc:
-            raise click.ClickException(str(exc)) from None
     click.echo(f"updated key {record.id} ({record.name})")
 
 
@@ -122,10 +119,8 @@ def list_(ctx: CliContext, as_json: bool) -> None:
 def revoke(ctx: CliContext, ident: str) -> None:
     """Revoke a key; the router refuses it within a second."""
     with ctx.session() as session:
-        try:
+        with cli_errors(KeyStoreError):
             record = revoke_key(session, ident)
-        except KeyStoreError as exc:
-            raise click.ClickException(str(exc)) from None
     click.echo(f"revoked key {record.id} ({record.name})")
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from launcher.cli.context import CliContext, echo_table
+from launcher.cli.errors import cli_errors
 from launcher.cli.options import DateType, Unlimited, future
 from launcher.core.tokens import create_token, list_tokens, revoke_token
 from launcher.engines.table import DEFAULT_SECRET_ENV, KINDS
@@ -51,15 +52,17 @@ def post_json(url: str, body: dict[str, Any], timeout_s: float = 15.0) -> dict[s
         url, data=json.dumps(body).encode(), method="POST",
         headers={"Content-Type": "application/json"},
     )
-    try:
+    # HTTPError is a URLError: the inner handler must see it first.
+    with (cli_errors(urllib.error.URLError, OSError,
+                     message=lambda exc: f"router not reachable at {url}: {getattr(exc, 'reason', exc)}"),
+          cli_errors(urllib.error.HTTPError, message=_refused)):
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             answer: dict[str, Any] = json.loads(response.read() or b"{}")
             return answer
-    except urllib.error.HTTPError as exc:
-        raise click.ClickException(f"router refused ({exc.code}): {_message(exc.read())}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise click.ClickException(f"router not reachable at {url}: {reason}") from None
+
+
+def _refused(exc: urllib.error.HTTPError) -> str:
+    return f"router refused ({exc.code}): {_message(exc.read())}"
 
 
 def _message(raw: bytes) -> str:

@@ -12,6 +12,7 @@ import click
 
 from launcher.core.catalog import CatalogError, load_catalog, resolve_catalog_path
 from launcher.cli.context import CliContext
+from launcher.cli.errors import cli_errors
 from launcher.slurm.client import SlurmError
 from launcher.slurm.connect import open_slurm
 from launcher.control.supervisor import Supervisor
@@ -29,11 +30,9 @@ def supervise(obj: CliContext, interval: float | None, once: bool, catalog_path:
     # Our own changes at INFO; libraries (alembic's migration chatter) only when they warn.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("llm_launch").setLevel(logging.INFO)
-    try:
+    with cli_errors(CatalogError, SlurmError):
         catalog = load_catalog(resolve_catalog_path(catalog_path, obj.settings.cluster.catalog))
         slurm = open_slurm()
-    except (CatalogError, SlurmError) as exc:
-        raise click.ClickException(str(exc)) from None
     supervisor = Supervisor(obj.engine, slurm, catalog, obj.settings)
     if once:
         summary = supervisor.run_once()

@@ -7,7 +7,7 @@ served as `think`), has a model queued in Slurm and one that is not deployed at 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from launcher.core.db import session_factory, utcnow
 from launcher.core.schema import Deployment, ModelTarget
 from launcher.core.settings import ClusterSettings, RouterSettings, Settings
 from router.accounting.seam import Admission, NoAccounting, RequestInfo, Usage
-from tests.conftest import SECRET, TEST_ROUTER, LoopThread, Registry, RouterHandle
+from tests.conftest import SECRET, TEST_ROUTER, Registry, RouterHandle
 from tests.fake_backend import FakeBackend
 from tests.waiting import wait_for
 
@@ -87,30 +87,17 @@ class CatalogStack:
 
 
 @pytest.fixture
-def boot(servers: LoopThread, registry: Registry, tmp_path: Path) -> Iterator[Callable[..., RouterHandle]]:
+def boot(start_router: Callable[..., RouterHandle], registry: Registry, tmp_path: Path) -> Callable[..., RouterHandle]:
     """Start a router whose settings name the test catalog."""
-    from router.app import create_app
-    from router.serve import start
-
     (tmp_path / "catalog.toml").write_text(CATALOG)
-    handles: list[RouterHandle] = []
 
     def make(accounting: Any = None, **overrides: Any) -> RouterHandle:
         rs = dataclasses.replace(RouterSettings(), **{**TEST_ROUTER, **overrides})
         settings = Settings(database=registry.url, router=rs,
                             cluster=ClusterSettings(catalog=str(tmp_path / "catalog.toml")))
+        return start_router(settings, accounting)
 
-        async def go() -> RouterHandle:
-            app = create_app(settings, registry.engine, accounting)
-            runner, port = await start(app, "127.0.0.1", 0, rs.grace_period_s)
-            return RouterHandle(app, runner, port, settings)
-
-        handles.append(servers.run(go()))
-        return handles[-1]
-
-    yield make
-    for handle in handles:
-        servers.run(handle.runner.cleanup())
+    return make
 
 
 @pytest.fixture

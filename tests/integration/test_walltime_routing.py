@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,7 @@ from sqlalchemy import update
 from launcher.core.db import session_factory, utcnow
 from launcher.core.schema import Deployment, ModelTarget
 from launcher.core.settings import ClusterSettings, RouterSettings, Settings
-from router.app import create_app
-from router.serve import start
-from tests.conftest import SECRET, TEST_ROUTER, LoopThread, Registry, RouterHandle
+from tests.conftest import SECRET, TEST_ROUTER, Registry, RouterHandle
 from tests.fake_backend import FakeBackend
 
 CATALOG = """
@@ -41,10 +39,9 @@ on_demand = true
 
 
 @pytest.fixture
-def boot(servers: LoopThread, registry: Registry, tmp_path: Path) -> Iterator[Callable[..., RouterHandle]]:
+def boot(start_router: Callable[..., RouterHandle], registry: Registry, tmp_path: Path) -> Callable[..., RouterHandle]:
     """Start a router with the test catalog and cluster settings OVERRIDES."""
     (tmp_path / "catalog.toml").write_text(CATALOG)
-    handles: list[RouterHandle] = []
 
     def make(router: dict[str, Any] | None = None, **cluster: Any) -> RouterHandle:
         settings = Settings(
@@ -52,18 +49,9 @@ def boot(servers: LoopThread, registry: Registry, tmp_path: Path) -> Iterator[Ca
             router=dataclasses.replace(RouterSettings(), **{**TEST_ROUTER, "accounting": False, **(router or {})}),
             cluster=dataclasses.replace(ClusterSettings(), catalog=str(tmp_path / "catalog.toml"), **cluster),
         )
+        return start_router(settings, grace_s=1.0)
 
-        async def go() -> RouterHandle:
-            app = create_app(settings, registry.engine)
-            runner, port = await start(app, "127.0.0.1", 0, 1.0)
-            return RouterHandle(app, runner, port, settings)
-
-        handles.append(servers.run(go()))
-        return handles[-1]
-
-    yield make
-    for handle in handles:
-        servers.run(handle.runner.cleanup())
+    return make
 
 
 def ends_in(registry: Registry, deployment_id: int, seconds: float) -> None:
