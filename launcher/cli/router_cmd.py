@@ -12,6 +12,7 @@ import click
 
 from launcher.core.catalog import CatalogError
 from launcher.cli.context import CliContext
+from launcher.cli.errors import cli_errors
 from launcher.control.supervisor_task import supervisor_context
 from launcher.core.settings import Settings, SettingsError, with_overrides
 from router.accounting.ownership import LimitsOwnershipError
@@ -46,17 +47,13 @@ def router(ctx: CliContext, host: str | None, port: int | None, no_accounting: b
     rs = settings.router
     # The router itself knows nothing of Slurm: the supervisor joins it here, as one more cleanup context.
     contexts = [supervisor_context(settings, ctx.engine)] if rs.supervise else []
-    try:
+    with cli_errors(CatalogError, SettingsError):
         app = create_app(settings, ctx.engine, contexts=contexts)
-    except (CatalogError, SettingsError) as exc:
-        raise click.ClickException(str(exc)) from None
-    try:
+    # OSError: the port is taken or the address is not ours.
+    with cli_errors(LimitsOwnershipError), \
+            cli_errors(OSError, message=lambda exc: f"cannot listen on {rs.host}:{rs.port}: {exc.strerror or exc}"):
         run(app, rs.host, rs.port, rs.grace_period_s,
             ready=lambda bound: click.echo(f"router listening on http://{rs.host}:{bound}/v1", err=True))
-    except LimitsOwnershipError as exc:
-        raise click.ClickException(str(exc)) from None
-    except OSError as exc:  # the port is taken or the address is not ours
-        raise click.ClickException(f"cannot listen on {rs.host}:{rs.port}: {exc.strerror or exc}") from None
 
 
 def with_router_overrides(settings: Settings, overrides: tuple[str, ...], **given: Any) -> Settings:
