@@ -100,7 +100,7 @@ async def _start(state: RouterState, session: aiohttp.ClientSession) -> list[asy
     rs = state.settings.router
     state.upstream = Upstream(
         session, connect_timeout_s=rs.connect_timeout_s, stall_timeout_s=rs.stall_timeout_s,
-        retry_after_s=rs.retry_after_s, clock=time.time,
+        retry_after_s=rs.retry_after_s, clock=time.time, max_response_bytes=rs.max_response_bytes,
     )
     await state.view.refresh()
     await state.accounting.start()

@@ -24,12 +24,16 @@ Observer = Callable[[str, str, int, RequestContext], None]
 # The type OpenAI's own API uses for each status the router produces.
 TYPES = {
     400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
-    404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
-    429: "rate_limit_error", 500: "server_error", 502: "server_error", 503: "server_error",
-    504: "server_error",
+    404: "invalid_request_error", 405: "invalid_request_error", 408: "invalid_request_error",
+    413: "invalid_request_error", 431: "invalid_request_error", 429: "rate_limit_error",
+    500: "server_error", 502: "server_error", 503: "server_error", 504: "server_error",
 }
 MAX_REQUEST_ID = 128
 CLIENT_GONE = 499  # nginx's status for "client closed the connection", used in logs and ledger
+
+
+class BodyTimeout(Exception):
+    """The client fell silent in the middle of a request body (set on the body by the connection)."""
 
 
 class RouterError(Exception):
@@ -109,12 +113,26 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _from_http_exception(exc)
     except web.RequestPayloadError:  # e.g. a body that is not the gzip its header claims
         message = "The request body could not be read: its Content-Encoding does not match it, or it was cut short"
-        return error_response(RouterError(400, message, code="invalid_body"))
+        return _body_lost(request, RouterError(400, message, code="invalid_body"))
+    except BodyTimeout as exc:
+        return _body_lost(request, RouterError(408, str(exc), code="request_timeout"))
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
         LOG.exception("unexpected error on %s %s", request.method, request.path)
         return error_response(RouterError(500, "internal router error", code="internal_error"))
+
+
+def _body_lost(request: web.Request, err: RouterError) -> web.Response:
+    """ERR, and the connection closes after it: the parser cannot find the next request's start.
+
+    The body is marked finished so that aiohttp does not read it again after the answer (which
+    would raise the same error there and log it as unhandled).
+    """
+    request.content.feed_eof()
+    response = error_response(err)
+    response.force_close()
+    return response
 
 
 def _from_http_exception(exc: web.HTTPException) -> web.StreamResponse:

@@ -78,9 +78,10 @@ class Upstream:
 
     def __init__(
         self, session: aiohttp.ClientSession, *, connect_timeout_s: float, stall_timeout_s: float,
-        retry_after_s: int, clock: Callable[[], float],
+        retry_after_s: int, clock: Callable[[], float], max_response_bytes: int,
     ) -> None:
         self._session = session
+        self._max_response = max_response_bytes
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout_s, sock_read=stall_timeout_s
         )
@@ -118,7 +119,7 @@ class Upstream:
                 first = await self._read(upstream.content.readany(), backend)
                 outcome.backend, outcome.first_at = backend.url, time.perf_counter()
                 return await self._relay_stream(request, upstream, first, backend, call, outcome)
-            body = await self._read(upstream.read(), backend)
+            body = await self._read(self._read_capped(upstream), backend)
         except BaseException:
             upstream.close()
             raise
@@ -164,6 +165,23 @@ class Upstream:
         except asyncio.TimeoutError:
             self._eject(backend, 504, "stalled")
             raise self._stalled() from None
+
+    async def _read_capped(self, upstream: aiohttp.ClientResponse) -> bytes:
+        """The whole answer (it is buffered to read its usage), or a 502 once it passes max_response_bytes."""
+        if (upstream.content_length or 0) > self._max_response:
+            raise self._too_large()
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in upstream.content.iter_any():
+            size += len(chunk)
+            if size > self._max_response:
+                raise self._too_large()
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self) -> RouterError:
+        message = f"The backend's answer is larger than the router's limit of {self._max_response} bytes"
+        return RouterError(502, message, code="response_too_large")
 
     def _eject(self, backend: Backend, status: int, reason: str) -> _Retry:
         apply(backend, after_failure(backend.health, reason, self._clock()))
