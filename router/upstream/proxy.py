@@ -17,6 +17,7 @@ from aiohttp import web
 from router.accounting.seam import Usage
 from router.upstream.balancer import choose_backend
 from router.errors import CLIENT_GONE, RouterError, envelope
+from router.hops import HOP, outgoing
 from router.upstream.health import after_failure, apply
 from router.upstream.snapshot import Backend, Pool
 from router.upstream.usage import AUDIO_SECONDS, SseTap, usage_from_audio_header, usage_from_json
@@ -78,9 +79,10 @@ class Upstream:
 
     def __init__(
         self, session: aiohttp.ClientSession, *, connect_timeout_s: float, stall_timeout_s: float,
-        retry_after_s: int, clock: Callable[[], float], max_response_bytes: int,
+        retry_after_s: int, clock: Callable[[], float], hop_id: str, max_response_bytes: int,
     ) -> None:
         self._session = session
+        self._hop_id = hop_id  # sent on every upstream request: a request that comes back is refused
         self._max_response = max_response_bytes
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout_s, sock_read=stall_timeout_s
@@ -113,7 +115,7 @@ class Upstream:
         return RouterError(failure.status, message, code=code, headers={"Retry-After": self._retry_after})
 
     async def _attempt(self, request: web.Request, backend: Backend, call: Call, outcome: Outcome) -> web.StreamResponse:
-        upstream = await self._open(backend, call, retry_stale=True)
+        upstream = await self._open(backend, call, outgoing(request.headers, self._hop_id), retry_stale=True)
         try:
             if call.stream and upstream.status == 200 and upstream.content_type == SSE:
                 first = await self._read(upstream.content.readany(), backend)
@@ -127,13 +129,14 @@ class Upstream:
         outcome.backend = backend.url
         return _respond(upstream, body, call, outcome)
 
-    async def _open(self, backend: Backend, call: Call, retry_stale: bool) -> aiohttp.ClientResponse:
-        headers = {**backend.headers, "Content-Type": call.content_type, "X-Request-Id": call.headers["x-request-id"]}
+    async def _open(self, backend: Backend, call: Call, hop: str, retry_stale: bool) -> aiohttp.ClientResponse:
+        headers = {**backend.headers, "Content-Type": call.content_type, "X-Request-Id": call.headers["x-request-id"],
+                   HOP: hop}
         try:
             return await self._post(backend.url + call.path, call.body, headers)
         except aiohttp.ServerDisconnectedError:
             if retry_stale:  # a kept-alive connection the backend had closed: once more, same backend
-                return await self._open(backend, call, retry_stale=False)
+                return await self._open(backend, call, hop, retry_stale=False)
             raise self._eject(backend, 502, "the backend closed the connection")
         except CONNECT_ERRORS as exc:
             raise self._eject(backend, 503, f"could not connect to a backend: {exc}")

@@ -3,17 +3,21 @@ cap on a backend's buffered (non-stream) answer."""
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 import requests
 from aiohttp import web
 
+from router.accounting.seam import NoAccounting
 from tests.conftest import SECRET, LoopThread, Registry, RouterHandle
 from tests.fake_backend import FakeBackend
 
 CHAT = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}]}
 HOP = "x-llm-launch-hop"
+ROUTER_ID = re.compile(r"llmr-[0-9a-f]{16}")
 
 
 def post(router: RouterHandle, key: str, body: dict[str, object], path: str = "/chat/completions",
@@ -68,6 +72,65 @@ def echo(servers: LoopThread) -> Iterator[EchoHop]:
     backend = EchoHop(servers)
     yield backend
     servers.run(backend.runner.cleanup())
+
+
+def test_a_backend_at_the_routers_own_address_is_a_508_not_a_loop(
+        make_router: Callable[..., RouterHandle], registry: Registry) -> None:
+    key = registry.add_key("alice")
+    router = make_router()
+    # What registration refuses; with a client key as its secret, each hop would be served again.
+    registry.add_backend("fake-chat", router.url, secret=key)
+    time.sleep(0.3)  # the registry refresh sees it
+    reply = post(router, key, CHAT)
+    assert_envelope(reply, 508, "loop_detected")
+    assert HOP not in reply.headers
+
+
+def test_routers_in_a_circle_refuse_the_request_that_comes_back(
+        make_router: Callable[..., RouterHandle], registry: Registry) -> None:
+    key = registry.add_key("alice")
+    first, second = make_router(), make_router(accounting=NoAccounting())  # one quota keeper per registry
+    registry.add_backend("fake-chat", second.url, secret=key)  # each router sees both: every path is a circle
+    registry.add_backend("fake-chat", first.url, secret=key)
+    time.sleep(0.3)
+    for _ in range(6):
+        assert_envelope(post(first, key, CHAT), 508, "loop_detected")
+
+
+def test_the_marker_names_the_router_and_never_reaches_the_client(
+        make_router: Callable[..., RouterHandle], registry: Registry, echo: EchoHop) -> None:
+    registry.add_backend("fake-chat", echo.url)
+    key = registry.add_key("alice")
+    router = make_router()
+    reply = post(router, key, CHAT)
+    assert reply.status_code == 200, reply.text
+    assert ROUTER_ID.fullmatch(echo.seen[-1] or "")
+    assert HOP not in reply.headers  # the backend echoed it; the router does not pass it on
+
+
+@pytest.mark.parametrize("sent", ["1", "hello", "llmr-zz", "llmr-0123456789abcdef0", "llmr-0123456789abcdef",
+                                  "llmr-0123456789abcdef, llmr-fedcba9876543210"])
+def test_a_client_marker_that_is_not_this_routers_id_is_no_loop(
+        make_router: Callable[..., RouterHandle], registry: Registry, echo: EchoHop, sent: str) -> None:
+    registry.add_backend("fake-chat", echo.url)
+    key = registry.add_key("alice")
+    router = make_router()
+    reply = post(router, key, CHAT, **{HOP: sent})
+    assert reply.status_code == 200, reply.text
+    forwarded = [part.strip() for part in (echo.seen[-1] or "").split(",")]
+    own = forwarded[-1]
+    assert ROUTER_ID.fullmatch(own)
+    assert forwarded[:-1] == [p.strip() for p in sent.split(",") if ROUTER_ID.fullmatch(p.strip())]
+
+
+def test_eight_routers_in_a_row_are_refused(make_router: Callable[..., RouterHandle], registry: Registry,
+                                             echo: EchoHop) -> None:
+    registry.add_backend("fake-chat", echo.url)
+    key = registry.add_key("alice")
+    router = make_router()
+    chain = ", ".join(f"llmr-{i:016x}" for i in range(8))
+    assert_envelope(post(router, key, CHAT, **{HOP: chain}), 508, "loop_detected")
+    assert post(router, key, CHAT, **{HOP: ", ".join(chain.split(", ")[:7])}).status_code == 200
 
 
 def test_a_non_stream_answer_over_max_response_bytes_is_502(
