@@ -19,6 +19,7 @@ from router.accounting.seam import Accounting
 from router.api import admin, availability, endpoints, me, metrics, openapi, registration
 from router.api.handover_metrics import HandoverCollector
 from router.errors import Observer, make_middleware
+from router.hops import HOP_ID, new_hop_id
 from router.upstream.health import probe_loop
 from router.upstream.names import load_names
 from router.upstream.proxy import Upstream
@@ -42,9 +43,12 @@ def create_app(settings: Settings, engine: Engine, accounting: Accounting | None
     rs = settings.router
     log = make_request_log(rs.log_format, sys.stderr) if rs.request_log else None
     observers: list[Observer] = [log.write] if log else []
+    hop_id = new_hop_id()
     app = web.Application(
-        client_max_size=max(rs.max_body_bytes, rs.max_json_body_bytes), middlewares=[make_middleware(observers)],
+        client_max_size=max(rs.max_body_bytes, rs.max_json_body_bytes),
+        middlewares=[make_middleware(observers, hop_id)],
     )
+    app[HOP_ID] = hop_id
     names = load_names(settings.cluster.catalog)
     chosen = accounting if accounting is not None else make_accounting(settings, engine)
     state = RouterState(settings=settings, view=RegistryView(engine, names), accounting=chosen, log=log,
@@ -79,7 +83,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     session = new_session()
     try:
-        tasks = await _start(state, session)
+        tasks = await _start(state, session, app[HOP_ID])
     except BaseException:
         await session.close()
         raise
@@ -95,12 +99,12 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await session.close()
 
 
-async def _start(state: RouterState, session: aiohttp.ClientSession) -> list[asyncio.Task[None]]:
+async def _start(state: RouterState, session: aiohttp.ClientSession, hop_id: str) -> list[asyncio.Task[None]]:
     """First snapshot, accounting, then the refresher and the health probes in the background."""
     rs = state.settings.router
     state.upstream = Upstream(
         session, connect_timeout_s=rs.connect_timeout_s, stall_timeout_s=rs.stall_timeout_s,
-        retry_after_s=rs.retry_after_s, clock=time.time,
+        retry_after_s=rs.retry_after_s, clock=time.time, hop_id=hop_id, max_response_bytes=rs.max_response_bytes,
     )
     await state.view.refresh()
     await state.accounting.start()

@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from router.hops import looped
 from router.request_log import RequestContext
 
 LOG = logging.getLogger("router")
@@ -24,12 +25,18 @@ Observer = Callable[[str, str, int, RequestContext], None]
 # The type OpenAI's own API uses for each status the router produces.
 TYPES = {
     400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
-    404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
-    429: "rate_limit_error", 500: "server_error", 502: "server_error", 503: "server_error",
-    504: "server_error",
+    404: "invalid_request_error", 405: "invalid_request_error", 408: "invalid_request_error",
+    413: "invalid_request_error", 431: "invalid_request_error", 429: "rate_limit_error",
+    500: "server_error", 502: "server_error", 503: "server_error", 504: "server_error", 508: "server_error",
 }
 MAX_REQUEST_ID = 128
 CLIENT_GONE = 499  # nginx's status for "client closed the connection", used in logs and ledger
+LOOP_MESSAGE = ("This request already passed through this router: a backend is registered at the router's own "
+                "address, or routers forward to each other in a loop")
+
+
+class BodyTimeout(Exception):
+    """The client fell silent in the middle of a request body (set on the body by the connection)."""
 
 
 class RouterError(Exception):
@@ -74,10 +81,11 @@ def request_ids() -> Iterator[str]:
     return (f"{prefix}{n:08x}" for n in itertools.count())
 
 
-def make_middleware(observers: list[Observer]) -> Middleware:
-    """The middleware: request id, error translation to the envelope, then OBSERVERS (log, metrics).
+def make_middleware(observers: list[Observer], hop_id: str) -> Middleware:
+    """The middleware: request id, loop check, error translation to the envelope, then OBSERVERS.
 
-    OBSERVERS is read per request, so modules mounted after the middleware was made can join it.
+    OBSERVERS (log, metrics) is read per request, so modules mounted after the middleware was made
+    can join it. A request carrying HOP_ID in its hop marker came back through this router: 508.
     """
 
     made = request_ids()
@@ -88,7 +96,7 @@ def make_middleware(observers: list[Observer]) -> Middleware:
         request[CTX] = ctx
         status = CLIENT_GONE
         try:
-            response = await _handle(request, handler)
+            response = await _handle(request, handler, hop_id)
             status = response.status
             if not response.prepared:
                 response.headers["x-request-id"] = ctx.request_id
@@ -100,8 +108,10 @@ def make_middleware(observers: list[Observer]) -> Middleware:
     return middleware
 
 
-async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _handle(request: web.Request, handler: Handler, hop_id: str) -> web.StreamResponse:
     try:
+        if looped(request.headers, hop_id):
+            raise RouterError(508, LOOP_MESSAGE, code="loop_detected")
         return await handler(request)
     except RouterError as err:
         return error_response(err)
@@ -109,12 +119,26 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _from_http_exception(exc)
     except web.RequestPayloadError:  # e.g. a body that is not the gzip its header claims
         message = "The request body could not be read: its Content-Encoding does not match it, or it was cut short"
-        return error_response(RouterError(400, message, code="invalid_body"))
+        return _body_lost(request, RouterError(400, message, code="invalid_body"))
+    except BodyTimeout as exc:
+        return _body_lost(request, RouterError(408, str(exc), code="request_timeout"))
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
         LOG.exception("unexpected error on %s %s", request.method, request.path)
         return error_response(RouterError(500, "internal router error", code="internal_error"))
+
+
+def _body_lost(request: web.Request, err: RouterError) -> web.Response:
+    """ERR, and the connection closes after it: the parser cannot find the next request's start.
+
+    The body is marked finished so that aiohttp does not read it again after the answer (which
+    would raise the same error there and log it as unhandled).
+    """
+    request.content.feed_eof()
+    response = error_response(err)
+    response.force_close()
+    return response
 
 
 def _from_http_exception(exc: web.HTTPException) -> web.StreamResponse:

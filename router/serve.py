@@ -10,21 +10,67 @@ from typing import Callable
 
 from aiohttp import web
 
+from launcher.core.settings import RouterSettings, SettingsError
+from router.connections import GuardedHandler, Limits
+from router.state import STATE
+
 LOG = logging.getLogger("router")
+BACKLOG = 1024
+
+
+class GuardedSite(web.BaseSite):
+    """A TCP site whose connections are GuardedHandler protocols (deadlines, cap, envelopes)."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, rs: RouterSettings) -> None:
+        super().__init__(runner, backlog=BACKLOG)
+        self._host, self._port = host, port
+        self._limits = Limits(rs.header_timeout_s, rs.body_timeout_s, rs.max_connections, rs.retry_after_s)
+        self._keepalive_s = rs.keepalive_timeout_s
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None
+
+        def protocol() -> GuardedHandler:
+            return GuardedHandler(server, loop=loop, limits=self._limits, keepalive_timeout=self._keepalive_s,
+                                  access_log=None)
+
+        self._server = await loop.create_server(protocol, self._host, self._port, backlog=BACKLOG,
+                                                reuse_address=True)
 
 
 async def start(app: web.Application, host: str, port: int, grace_s: float) -> tuple[web.AppRunner, int]:
     """Serve APP on HOST:PORT (0 picks a free port); returns the runner and the bound port."""
+    rs = app[STATE].settings.router
+    check_connection_settings(rs)
     # handler_cancellation: a client that goes away cancels its handler, which closes the upstream.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=grace_s)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
+    site = GuardedSite(runner, host, port, rs)
     try:
         await site.start()
     except BaseException:
         await runner.cleanup()  # e.g. the port is taken: close what start-up opened
         raise
     return runner, int(runner.addresses[0][1])
+
+
+def check_connection_settings(rs: RouterSettings) -> None:
+    """The connection deadlines and caps must be positive: none of them can be switched off."""
+    for name in ("header_timeout_s", "body_timeout_s", "keepalive_timeout_s", "max_connections",
+                 "max_response_bytes"):
+        if not getattr(rs, name) > 0:
+            raise SettingsError(f"[router] {name} must be greater than 0, got {getattr(rs, name)}")
 
 
 async def serve_forever(app: web.Application, host: str, port: int, grace_s: float,

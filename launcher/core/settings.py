@@ -25,6 +25,15 @@ class RouterSettings:
     stall_timeout_s: float = 300.0
     max_body_bytes: int = 32 * 1024 * 1024
     max_json_body_bytes: int = 8 * 1024 * 1024
+    # Client connections: a request's headers must be complete within header_timeout_s of its first
+    # byte (of the connection's opening), a body may fall silent for body_timeout_s, an idle
+    # keep-alive connection is closed after keepalive_timeout_s; past max_connections open ones a
+    # new connection gets 503. A backend's non-stream answer over max_response_bytes is a 502.
+    header_timeout_s: float = 20.0
+    body_timeout_s: float = 30.0
+    keepalive_timeout_s: float = 75.0
+    max_connections: int = 4096
+    max_response_bytes: int = 64 * 1024 * 1024
     health_interval_s: float = 10.0
     health_timeout_s: float = 5.0
     retry_after_s: int = 10

@@ -17,6 +17,7 @@ from aiohttp import web
 from router.accounting.seam import Usage
 from router.upstream.balancer import choose_backend
 from router.errors import CLIENT_GONE, RouterError, envelope
+from router.hops import HOP, outgoing
 from router.upstream.health import after_failure, apply
 from router.upstream.snapshot import Backend, Pool
 from router.upstream.usage import AUDIO_SECONDS, SseTap, usage_from_audio_header, usage_from_json
@@ -79,9 +80,11 @@ class Upstream:
 
     def __init__(
         self, session: aiohttp.ClientSession, *, connect_timeout_s: float, stall_timeout_s: float,
-        retry_after_s: int, clock: Callable[[], float],
+        retry_after_s: int, clock: Callable[[], float], hop_id: str, max_response_bytes: int,
     ) -> None:
         self._session = session
+        self._hop_id = hop_id  # sent on every upstream request: a request that comes back is refused
+        self._max_response = max_response_bytes
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout_s, sock_read=stall_timeout_s
         )
@@ -114,13 +117,13 @@ class Upstream:
         return RouterError(failure.status, message, code=code, headers={"Retry-After": self._retry_after})
 
     async def _attempt(self, request: web.Request, backend: Backend, call: Call, outcome: Outcome) -> web.StreamResponse:
-        upstream = await self._open(backend, call, retry_stale=True)
+        upstream = await self._open(backend, call, outgoing(request.headers, self._hop_id), retry_stale=True)
         try:
             if call.stream and upstream.status == 200 and upstream.content_type == SSE:
                 first = await self._read(upstream.content.readany(), backend)
                 outcome.backend, outcome.first_at = backend.url, time.perf_counter()
                 return await self._relay_stream(request, upstream, first, backend, call, outcome)
-            body = await self._read(upstream.read(), backend)
+            body = await self._read(self._read_capped(upstream), backend)
         except BaseException:
             upstream.close()
             raise
@@ -130,13 +133,14 @@ class Upstream:
         self._rejections.note(outcome.usage, backend.url, backend.model)
         return response
 
-    async def _open(self, backend: Backend, call: Call, retry_stale: bool) -> aiohttp.ClientResponse:
-        headers = {**backend.headers, "Content-Type": call.content_type, "X-Request-Id": call.headers["x-request-id"]}
+    async def _open(self, backend: Backend, call: Call, hop: str, retry_stale: bool) -> aiohttp.ClientResponse:
+        headers = {**backend.headers, "Content-Type": call.content_type, "X-Request-Id": call.headers["x-request-id"],
+                   HOP: hop}
         try:
             return await self._post(backend.url + call.path, call.body, headers)
         except aiohttp.ServerDisconnectedError:
             if retry_stale:  # a kept-alive connection the backend had closed: once more, same backend
-                return await self._open(backend, call, retry_stale=False)
+                return await self._open(backend, call, hop, retry_stale=False)
             raise self._eject(backend, 502, "the backend closed the connection")
         except CONNECT_ERRORS as exc:
             raise self._eject(backend, 503, f"could not connect to a backend: {exc}")
@@ -168,6 +172,23 @@ class Upstream:
         except asyncio.TimeoutError:
             self._eject(backend, 504, "stalled")
             raise self._stalled() from None
+
+    async def _read_capped(self, upstream: aiohttp.ClientResponse) -> bytes:
+        """The whole answer (it is buffered to read its usage), or a 502 once it passes max_response_bytes."""
+        if (upstream.content_length or 0) > self._max_response:
+            raise self._too_large()
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in upstream.content.iter_any():
+            size += len(chunk)
+            if size > self._max_response:
+                raise self._too_large()
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self) -> RouterError:
+        message = f"The backend's answer is larger than the router's limit of {self._max_response} bytes"
+        return RouterError(502, message, code="response_too_large")
 
     def _eject(self, backend: Backend, status: int, reason: str) -> _Retry:
         apply(backend, after_failure(backend.health, reason, self._clock()))
