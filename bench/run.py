@@ -47,7 +47,8 @@ class Runner:
 
     def __init__(self, plan: Plan, work: Path) -> None:
         self.plan, self.work, self.cores = plan, work, Cores.detect()
-        self.secret, key = secrets.token_urlsafe(16), "sk-bench-" + secrets.token_urlsafe(16)
+        # A prefix: a secret starting with "-" would read as an option to argparse.
+        self.secret, key = "bench-" + secrets.token_urlsafe(16), "sk-bench-" + secrets.token_urlsafe(16)
         self.backend_port = procs.free_port()
         self.bench = Bench(work=work, cores=self.cores, secret=self.secret, key=key,
                            backend_url=f"http://127.0.0.1:{self.backend_port}")

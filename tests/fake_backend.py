@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import signal
 import time
+import wave
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +46,9 @@ class FakeConfig:
     reasoning_tokens: int = 3
     # Any JSON value sent as `usage` instead of the computed one (chat, completions, streams, audio JSON).
     usage: Any = AUTO
+    # False: every choice has `chunks` tokens whatever max_tokens says (a backend that ignores it).
+    honour_max_tokens: bool = False
+    audio_seconds: float = 3.0  # billed for audio that is not a readable WAV (a WAV: its length)
 
 
 @dataclass(frozen=True)
@@ -143,12 +148,14 @@ class FakeBackend:
         body = await self._record(request)
         if (denied := self._denied(request)) is not None:
             return denied
+        await asyncio.sleep(self.config.latency_ms / 1000)
         text = "hello from the fake whisper"
+        seconds = _wav_seconds(body) or self.config.audio_seconds
         if _form_value(body, "response_format") in ("text", "srt", "vtt"):
             # like launcher/engines/whisper/server.py: no usage in a plain answer, the length is a header
             self.sent.append(text.encode())
             return web.Response(text=text, content_type="text/plain", headers={"x-audio-seconds": "2.4"})
-        usage = self.config.usage if self.config.usage is not AUTO else {"type": "duration", "seconds": 3}
+        usage = self.config.usage if self.config.usage is not AUTO else {"type": "duration", "seconds": seconds}
         return self._send_json({"text": text, "usage": usage})
 
     # --- helpers -------------------------------------------------------------------------
@@ -170,28 +177,40 @@ class FakeBackend:
         self.sent.append(body)
         return web.Response(body=body, status=status, content_type="application/json")
 
-    def _usage(self, doc: dict[str, Any]) -> Any:
+    def _usage(self, doc: dict[str, Any], chat: bool) -> Any:
         if self.config.usage is not AUTO:
             return self.config.usage
         prompt = len(json.dumps(doc.get("messages", doc.get("prompt", ""))).split())
-        return {"prompt_tokens": prompt, "completion_tokens": self.config.chunks,
-                "total_tokens": prompt + self.config.chunks,
+        # Like vLLM: every sequence generated counts, best_of ones too (completions only).
+        sequences = max(_count(doc.get("n")), 1 if chat else _count(doc.get("best_of")))
+        completion = self._tokens(doc) * sequences
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
                 "completion_tokens_details": {"reasoning_tokens": self.config.reasoning_tokens}}
 
-    def _answer(self, doc: dict[str, Any], chat: bool) -> dict[str, Any]:
-        text = "".join(f"tok{i} " for i in range(self.config.chunks))
-        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "logprobs": None}
-        if chat:
-            choice["message"] = {"role": "assistant", "content": text, "reasoning_content": "thinking…"}
-        else:
-            choice["text"] = text
-        return {"id": "cmpl-fake", "object": "chat.completion" if chat else "text_completion",
-                "created": int(time.time()), "model": doc.get("model"), "choices": [choice],
-                "usage": self._usage(doc), "x_fake_unknown": {"kept": True}}
+    def _tokens(self, doc: dict[str, Any]) -> int:
+        """Tokens of each choice: `chunks`, or fewer when max_tokens is honoured."""
+        limit = doc.get("max_completion_tokens", doc.get("max_tokens"))
+        if self.config.honour_max_tokens and isinstance(limit, int) and limit > 0:
+            return min(self.config.chunks, limit)
+        return self.config.chunks
 
-    def _chunk(self, doc: dict[str, Any], chat: bool, i: int, last: bool) -> bytes:
+    def _answer(self, doc: dict[str, Any], chat: bool) -> dict[str, Any]:
+        text = "".join(f"tok{i} " for i in range(self._tokens(doc)))
+        choices = []
+        for index in range(_count(doc.get("n"))):
+            choice: dict[str, Any] = {"index": index, "finish_reason": "stop", "logprobs": None}
+            if chat:
+                choice["message"] = {"role": "assistant", "content": text, "reasoning_content": "thinking…"}
+            else:
+                choice["text"] = text
+            choices.append(choice)
+        return {"id": "cmpl-fake", "object": "chat.completion" if chat else "text_completion",
+                "created": int(time.time()), "model": doc.get("model"), "choices": choices,
+                "usage": self._usage(doc, chat), "x_fake_unknown": {"kept": True}}
+
+    def _chunk(self, doc: dict[str, Any], chat: bool, i: int, last: bool, index: int = 0) -> bytes:
         piece = f"tok{i} "
-        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop" if last else None}
+        choice: dict[str, Any] = {"index": index, "finish_reason": "stop" if last else None}
         if chat:
             choice["delta"] = {"content": piece, "reasoning_content": None}
         else:
@@ -219,16 +238,18 @@ class FakeBackend:
     async def _stream_body(self, request: web.Request, response: web.StreamResponse, doc: dict[str, Any],
                            chat: bool, sent: bytearray) -> None:
         config = self.config
-        for i in range(config.chunks):
+        tokens, choices = self._tokens(doc), _count(doc.get("n"))
+        for i in range(tokens):
             if config.failure in ("die_mid_stream", "stall") and i == config.fail_after_chunks:
                 await self._fail_mid_stream(request)
-            await self._write(response, self._chunk(doc, chat, i, i == config.chunks - 1), sent)
+            for index in range(choices):  # one event per choice and token, as vLLM sends them
+                await self._write(response, self._chunk(doc, chat, i, i == tokens - 1, index), sent)
             if config.chunk_delay_ms:
                 await asyncio.sleep(config.chunk_delay_ms / 1000)
         options = doc.get("stream_options") or {}
         if options.get("include_usage"):
             event: dict[str, Any] = {"id": "cmpl-fake", "object": "chat.completion.chunk", "created": 1,
-                     "model": doc.get("model"), "choices": [], "usage": self._usage(doc)}
+                     "model": doc.get("model"), "choices": [], "usage": self._usage(doc, chat)}
             usage = b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
             self.usage_events.append(usage)
             await self._write(response, usage, sent)
@@ -251,6 +272,23 @@ class FakeBackend:
         assert request.transport is not None
         request.transport.abort()
         return response
+
+
+def _count(value: Any) -> int:
+    """A request's `n` or `best_of`: 1 unless a positive integer."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
+
+
+def _wav_seconds(body: bytes) -> float | None:
+    """The length of the WAV file in a multipart BODY, read with the standard library; None if not one."""
+    start = body.find(b"RIFF")
+    if start < 0:
+        return None
+    try:
+        with wave.open(io.BytesIO(body[start:])) as wav:
+            return float(wav.getnframes() / wav.getframerate())
+    except (wave.Error, EOFError, RuntimeError, ZeroDivisionError):  # RuntimeError: a chunk cut short
+        return None
 
 
 def _form_value(body: bytes, name: str) -> str | None:

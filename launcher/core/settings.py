@@ -42,7 +42,8 @@ class RouterSettings:
     ledger_flush_s: float = 1.0
     request_log: bool = True
     log_format: str = "text"  # "text" or "json" (JSON lines: no key, no text)
-    # Output tokens a quota reserves for a request without max_tokens (capped by the model's limit).
+    # Output tokens per choice a quota reserves for a request without max_tokens, on any name
+    # (capped by the catalog model's limit); docs/reliability.md states what the reservations promise.
     default_reserve_tokens: int = 4096
     per_request_usage: bool = False
     usage_retention_days: int = 30

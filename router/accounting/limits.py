@@ -48,6 +48,7 @@ class KeyState:
     __slots__ = (
         "req_start", "req_count", "tok_start", "tok_used", "tok_reserved", "in_flight",
         "day", "day_reserved", "month_start", "month_end", "month_reserved", "today", "month",
+        "audio_reserved",
     )
 
     def __init__(self, now: float) -> None:
@@ -56,6 +57,7 @@ class KeyState:
         self.day = int(now // DAY)
         self.month_start, self.month_end = month_bounds(now)
         self.day_reserved = self.month_reserved = 0
+        self.audio_reserved = 0.0  # seconds of today's audio requests in flight
         self.today = Totals()
         self.month = Totals()
 
@@ -76,7 +78,7 @@ def roll(st: KeyState, now: float) -> None:
         st.tok_start, st.tok_used, st.tok_reserved = now, 0, 0
     day = int(now // DAY)
     if day != st.day:
-        st.day, st.day_reserved, st.today = day, 0, Totals()
+        st.day, st.day_reserved, st.audio_reserved, st.today = day, 0, 0.0, Totals()
         if now >= st.month_end:
             st.month_start, st.month_end = month_bounds(now)
             st.month_reserved, st.month = 0, Totals()
@@ -93,8 +95,15 @@ def reservation(limits: KeyLimits, wanted: int) -> int:
     return wanted if wanted > 0 else 1
 
 
-def refusal(st: KeyState, limits: KeyLimits, reserve: int, audio: bool, now: float) -> Refusal | None:
-    """Why a request reserving RESERVE tokens must wait, and for how long; None admits it."""
+def audio_reservation(limits: KeyLimits, seconds: float) -> float:
+    """Audio seconds to reserve: SECONDS in whole seconds (as whisper bills), capped like tokens, at least 1."""
+    wanted = float(max(math.ceil(seconds), 1))
+    cap = limits.daily_audio_seconds
+    return min(wanted, float(cap)) if cap is not None and cap > 0 else wanted
+
+
+def refusal(st: KeyState, limits: KeyLimits, reserve: int, audio: float, now: float) -> Refusal | None:
+    """Why a request reserving RESERVE tokens and AUDIO seconds must wait, and for how long; None admits it."""
     if limits.daily_tokens is not None:
         used = st.today.tokens + st.day_reserved
         if used + reserve > limits.daily_tokens:
@@ -106,11 +115,13 @@ def refusal(st: KeyState, limits: KeyLimits, reserve: int, audio: bool, now: flo
             return _over("monthly_tokens", "monthly token budget", limits.monthly_tokens, used, reserve,
                          st.month_end - now)
     if audio and limits.daily_audio_seconds is not None:
-        if st.today.audio >= limits.daily_audio_seconds:
+        heard = st.today.audio + st.audio_reserved
+        if heard + audio > limits.daily_audio_seconds:
             wait = _day_end(st) - now
             return Refusal("daily_audio_seconds",
-                           f"Daily audio budget reached: {st.today.audio:.0f} of {limits.daily_audio_seconds} "
-                           f"seconds used; it resets in {fmt_duration(wait)} (midnight UTC).", wait)
+                           f"Daily audio budget reached: {heard:.0f} of {limits.daily_audio_seconds} seconds used "
+                           f"(including requests in flight), this request may use up to {audio:.0f}; "
+                           f"it resets in {fmt_duration(wait)} (midnight UTC).", wait)
     if limits.tpm is not None:
         used = st.tok_used + st.tok_reserved
         if used + reserve > limits.tpm:
@@ -141,17 +152,19 @@ def _day_end(st: KeyState) -> float:
     return (st.day + 1) * DAY
 
 
-def charge(st: KeyState, reserve: int) -> None:
-    """Count an admitted request and hold its token reservation in every window."""
+def charge(st: KeyState, reserve: int, audio: float = 0.0) -> None:
+    """Count an admitted request and hold its token (and audio) reservation in every window."""
     st.req_count += 1
     st.in_flight += 1
     st.tok_reserved += reserve
     st.day_reserved += reserve
     st.month_reserved += reserve
+    st.audio_reserved += audio
 
 
-def settle(st: KeyState, admitted_at: float, reserved: int, tokens: int, now: float) -> None:
-    """Replace a reservation made at ADMITTED_AT by the TOKENS really used.
+def settle(st: KeyState, admitted_at: float, reserved: int, tokens: int, now: float,
+           audio: float = 0.0) -> None:
+    """Replace a reservation made at ADMITTED_AT (RESERVED tokens, AUDIO seconds) by the TOKENS really used.
 
     A reservation whose window has passed has already lapsed; the real count then goes to the
     current day and month (the ledger dates usage by when it finished) but not to the current
@@ -164,6 +177,7 @@ def settle(st: KeyState, admitted_at: float, reserved: int, tokens: int, now: fl
         st.tok_used += tokens
     if int(admitted_at // DAY) == st.day:
         st.day_reserved -= reserved
+        st.audio_reserved -= audio
     if admitted_at >= st.month_start:
         st.month_reserved -= reserved
 

@@ -58,14 +58,13 @@ class LimitsAccounting:
         st = self.state(info.key.id, now)
         limits = info.key.limits
         quota.roll(st, now)
-        audio = info.endpoint in AUDIO_ENDPOINTS
-        reserve = 0 if audio else quota.reservation(limits, info.prompt_estimate + info.max_tokens)
+        reserve, audio = _reservations(info)
         refused = quota.refusal(st, limits, reserve, audio, now)
         if refused is not None:
             headers = quota.rate_headers(st, limits, now)
             raise QuotaExceeded(refused.message, quota.retry_after(refused.wait_s), headers, limit=refused.limit)
-        quota.charge(st, reserve)
-        return Admission(info, reserve, now, quota.rate_headers(st, limits, now))
+        quota.charge(st, reserve, audio)
+        return Admission(info, reserve, now, quota.rate_headers(st, limits, now), reserved_audio=audio)
 
     def finish(
         self, admission: Admission, status: int, usage: Usage, backend: str | None, now: float
@@ -77,7 +76,8 @@ class LimitsAccounting:
         if usage.rejected:  # the backend's numbers cannot be trusted: the reservation is the charge
             usage = _reserved(admission)
         prompt, completion = usage.prompt_tokens, usage.completion_tokens
-        quota.settle(st, admission.started_at, admission.reserved_tokens, prompt + completion, now)
+        quota.settle(st, admission.started_at, admission.reserved_tokens, prompt + completion, now,
+                     admission.reserved_audio)
         quota.add_usage(st.today, prompt, completion, usage.reasoning_tokens, usage.audio_seconds)
         quota.add_usage(st.month, prompt, completion, usage.reasoning_tokens, usage.audio_seconds)
         self.ledger.record(info.request_id, key.id, key.name, key.account, info.model, status,
@@ -122,7 +122,8 @@ class LimitsAccounting:
             "daily_tokens": _view(lim.daily_tokens, st.today.tokens + st.day_reserved, day_end - now),
             "monthly_tokens": _view(lim.monthly_tokens, st.month.tokens + st.month_reserved,
                                     month_end - now),
-            "daily_audio_seconds": _view(lim.daily_audio_seconds, st.today.audio, day_end - now),
+            "daily_audio_seconds": _view(lim.daily_audio_seconds, st.today.audio + st.audio_reserved,
+                                         day_end - now),
         }
 
     def usage(self, key: KeyRecord, now: float) -> dict[str, dict[str, float]]:
@@ -157,7 +158,16 @@ def _reserved(admission: Admission) -> Usage:
     """The reservation as usage: the prompt estimate first, the rest as completion."""
     reserved = admission.reserved_tokens
     prompt = min(admission.info.prompt_estimate, reserved)
-    return Usage(prompt_tokens=prompt, completion_tokens=reserved - prompt, estimated=True)
+    return Usage(prompt_tokens=prompt, completion_tokens=reserved - prompt, audio_seconds=admission.reserved_audio,
+                 estimated=True)
+
+
+def _reservations(info: RequestInfo) -> tuple[int, float]:
+    """(tokens, audio seconds) INFO reserves: the prompt and every choice's output, or the upload's length."""
+    limits = info.key.limits
+    if info.endpoint in AUDIO_ENDPOINTS:
+        return 0, quota.audio_reservation(limits, info.audio_seconds)
+    return quota.reservation(limits, info.prompt_estimate + info.max_tokens * max(info.choices, 1)), 0.0
 
 
 def _view(limit: int | None, used: float, resets_in_s: float) -> WindowView:

@@ -21,8 +21,10 @@ class RequestInfo:
     model: str  # the public name the client asked for
     endpoint: str  # "chat", "completions", "embeddings", "transcriptions", "translations"
     prompt_estimate: int  # tokens, estimated from the body size
-    max_tokens: int  # requested output tokens (capped by the model's limit), 0 when n/a
+    max_tokens: int  # output tokens per choice: asked, else the name's default reservation; 0 when n/a
     stream: bool = False
+    choices: int = 1  # sequences the backend generates (`n`, and `best_of` on completions)
+    audio_seconds: float = 0.0  # audio requests: the upload's length, read or bounded from its bytes
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class Admission:
     reserved_tokens: int = 0
     started_at: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    reserved_audio: float = 0.0  # seconds
 
 
 class QuotaExceeded(Exception):

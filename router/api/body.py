@@ -21,6 +21,8 @@ class JsonRequest:
     stream: bool
     client_wants_usage: bool
     max_tokens: int
+    n: int = 1  # choices asked for
+    best_of: int = 1  # sequences generated per prompt (completions); 1 when absent
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -50,9 +52,14 @@ def inspect(doc: dict[str, Any]) -> JsonRequest:
         raise RouterError(400, "You must provide a model parameter", param="model", code="missing_model")
     options = doc.get("stream_options")
     wants_usage = isinstance(options, dict) and options.get("include_usage") is True
-    limit = doc.get("max_completion_tokens", doc.get("max_tokens"))
-    max_tokens = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else 0
-    return JsonRequest(model, doc.get("stream") is True, wants_usage, max_tokens)
+    max_tokens = _positive(doc.get("max_completion_tokens", doc.get("max_tokens")), 0)
+    return JsonRequest(model, doc.get("stream") is True, wants_usage, max_tokens,
+                       _positive(doc.get("n"), 1), _positive(doc.get("best_of"), 1))
+
+
+def _positive(value: Any, otherwise: int) -> int:
+    # Anything but a positive integer is the backend's to refuse; the router assumes OTHERWISE.
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else otherwise
 
 
 def with_include_usage(body: bytes, doc: dict[str, Any]) -> bytes:
@@ -67,6 +74,12 @@ def with_include_usage(body: bytes, doc: dict[str, Any]) -> bytes:
 
 def form_field(body: bytes, content_type: str, name: str) -> str | None:
     """The value of text field NAME in a multipart/form-data BODY, without copying the file parts."""
+    span = form_part(body, content_type, name)
+    return body[span[0]:span[1]].decode("utf-8", "replace").strip() if span is not None else None
+
+
+def form_part(body: bytes, content_type: str, name: str) -> tuple[int, int] | None:
+    """Where the content of part NAME of a multipart/form-data BODY starts and ends; None if absent."""
     boundary = _boundary(content_type)
     if boundary is None:
         return None
@@ -81,7 +94,7 @@ def form_field(body: bytes, content_type: str, name: str) -> str | None:
         if end < 0:
             return None
         if _names(body[start:head_end], wanted):
-            return body[head_end + 4:end].decode("utf-8", "replace").strip()
+            return head_end + 4, end
         start = end + 2
     return None
 

@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 import orjson
 
+from router.api.body import JsonRequest
 from router.errors import RouterError
 from router.upstream.names import Route
 
@@ -87,7 +88,17 @@ def _dumps(doc: dict[str, Any]) -> bytes:
 
 
 def reservation(requested: int, route_max: int | None, cap: int) -> int:
-    """Output tokens to reserve for quotas: the request's max_tokens, else min(model limit, CAP)."""
+    """Output tokens per choice to reserve for quotas: the request's max_tokens, else min(model limit, CAP).
+
+    Every name has this rule: a name outside the catalog has no model limit, so it reserves CAP.
+    """
     if requested:
         return requested
     return min(route_max, cap) if route_max is not None else cap
+
+
+def choices(fields: JsonRequest, endpoint: str) -> int:
+    """Sequences the backend generates: `n`, or `best_of` where more (vLLM honours it on completions)."""
+    if endpoint == "completions":
+        return max(fields.n, fields.best_of)
+    return fields.n if endpoint == "chat" else 1

@@ -13,8 +13,9 @@ from launcher.core.keys import KeyRecord
 from router.accounting.seam import QuotaExceeded, RequestInfo
 from router.api.auth import authenticate, check_model
 from router.api.availability import AVAILABILITY, announcement, when_not_ready
-from router.api.body import form_field, inspect, parse_json, with_include_usage
-from router.api.defaults import apply_route, reservation
+from router.api.audio_length import audio_seconds
+from router.api.body import form_field, form_part, inspect, parse_json, with_include_usage
+from router.api.defaults import apply_route, choices, reservation
 from router.errors import CTX, RouterError
 from router.api.model_list import list_entries
 from router.api.model_status import model_status, unavailable
@@ -64,10 +65,11 @@ async def _json_request(request: web.Request, state: RouterState, key: KeyRecord
     doc = parse_json(body)
     fields = inspect(doc)
     route = state.names.routes.get(fields.model)
-    max_tokens = fields.max_tokens
+    sent = fields  # max_tokens, n and best_of as the backend will see them
     if route is not None:  # a catalog name: its defaults, its limit, the server's own name
         body, doc = apply_route(body, doc, route)
-        max_tokens = _reserve(state, endpoint, inspect(doc).max_tokens, route)
+        sent = inspect(doc)
+    max_tokens = _reserve(state, endpoint, sent.max_tokens, route)
     strip = fields.stream and endpoint in STREAM_USAGE and not fields.client_wants_usage
     if strip:
         body = with_include_usage(body, doc)
@@ -76,7 +78,7 @@ async def _json_request(request: web.Request, state: RouterState, key: KeyRecord
     call = Call(request.path, body, content_type, stream=fields.stream, strip_usage=strip,
                 prompt_estimate=estimate, headers={"x-request-id": request[CTX].request_id})
     info = RequestInfo(request[CTX].request_id, key, fields.model, endpoint, estimate,
-                       max_tokens, fields.stream)
+                       max_tokens, fields.stream, choices(sent, endpoint))
     return await dispatch(request, state, info, call)
 
 
@@ -85,11 +87,12 @@ def add_rate_headers(state: RouterState, key: KeyRecord, err: RouterError) -> No
     err.headers = {**state.accounting.headers(key, time.time()), **err.headers}
 
 
-def _reserve(state: RouterState, endpoint: str, asked: int, route: Route) -> int:
-    """Output tokens to reserve: what the request asks, else up to the model's limit (capped)."""
+def _reserve(state: RouterState, endpoint: str, asked: int, route: Route | None) -> int:
+    """Output tokens per choice to reserve: what the request asks, else the name's default (any name)."""
     if endpoint not in STREAM_USAGE:  # embeddings produce no output tokens
         return asked
-    return reservation(asked, route.max_tokens, state.settings.router.default_reserve_tokens)
+    limit = route.max_tokens if route is not None else None
+    return reservation(asked, limit, state.settings.router.default_reserve_tokens)
 
 
 async def _audio_request(request: web.Request, state: RouterState, key: KeyRecord, endpoint: str) -> web.StreamResponse:
@@ -101,8 +104,15 @@ async def _audio_request(request: web.Request, state: RouterState, key: KeyRecor
     if not model:
         raise RouterError(400, "You must provide a model parameter", param="model", code="missing_model")
     call = Call(request.path, body, content_type, headers={"x-request-id": request[CTX].request_id})
-    info = RequestInfo(request[CTX].request_id, key, model, endpoint, 0, 0)
+    info = RequestInfo(request[CTX].request_id, key, model, endpoint, 0, 0,
+                       audio_seconds=_upload_seconds(body, content_type))
     return await dispatch(request, state, info, call)
+
+
+def _upload_seconds(body: bytes, content_type: str) -> float:
+    """Seconds of audio in the `file` part, for the audio reservation (the whole body without one)."""
+    span = form_part(body, content_type, "file") or (0, len(body))
+    return audio_seconds(body, *span)
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

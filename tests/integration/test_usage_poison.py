@@ -121,11 +121,12 @@ def test_nan_audio_seconds_neither_stop_the_ledger_nor_break_the_keys_me(
     assert text.text == "hello from the fake whisper"
     alice_chats(p)
     standing = me(p, p.mallory)["usage"]["today"]
-    assert standing["audio_seconds"] == 0.0 and standing["requests"] == 1
+    # charged the reservation: a 4-byte upload reserves the minimum, one second
+    assert standing["audio_seconds"] == 1.0 and standing["requests"] == 1
     alice_chats(p)  # later records keep flowing
     stop(servers, p)
     row = daily_row(p, "bad-whisper")
-    assert (row["requests"], row["estimated_requests"], row["audio_seconds"]) == (1, 1, 0.0)
+    assert (row["requests"], row["estimated_requests"], row["audio_seconds"]) == (1, 1, 1.0)
     assert daily_row(p, "good-chat")["requests"] == 2
 
 
