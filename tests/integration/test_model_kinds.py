@@ -51,7 +51,8 @@ def stack(servers: LoopThread, registry: Registry, tmp_path: Path,
     registry.add_backend("whisper-tiny", backends["whisper-tiny"].url, kind="transcription", secret=None)
     registry.add_backend("chatty", backends["chatty"].url, secret=None)  # registered, not in the catalog
     key = registry.add_key("alice")
-    rs = dataclasses.replace(RouterSettings(), **{**TEST_ROUTER, "accounting": False})
+    overrides: dict[str, Any] = {**TEST_ROUTER, "accounting": False}
+    rs = dataclasses.replace(RouterSettings(), **overrides)
     settings = Settings(database=registry.url, router=rs, cluster=ClusterSettings(catalog=str(tmp_path / "catalog.toml")))
 
     async def go() -> RouterHandle:
