@@ -8,6 +8,7 @@ import click
 
 from launcher.cli.context import CliContext, echo_json, echo_table
 from launcher.cli.errors import cli_errors
+from launcher.core.backend_urls import router_listeners
 from launcher.core.deployments import DeploymentError, add_backend, get_deployment
 from launcher.core.deployments import list_deployments, mark_gone
 from launcher.engines.table import DEFAULT_SECRET_ENV, KINDS
@@ -26,9 +27,12 @@ def backends() -> None:
 @click.pass_obj
 def add(ctx: CliContext, model: str, url: str, kind: str, secret: str | None) -> None:
     """Register a running server of MODEL at URL (e.g. http://node12:8001)."""
+    settings = ctx.settings
+    # The router's own address would loop every request through the router.
+    router = router_listeners(settings.router.host, settings.router.port, settings.cluster.router_url)
     with ctx.session() as session:
         with cli_errors(DeploymentError):
-            record = add_backend(session, model, url, kind=kind, secret=secret)
+            record = add_backend(session, model, url, kind=kind, secret=secret, router=router)
     click.echo(f"added backend {record.id}: {model} at {record.url}")
 
 

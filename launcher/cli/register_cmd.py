@@ -78,11 +78,18 @@ def tokens() -> None:
 
 
 @tokens.command()
-@click.option("--model", help="Only this public model name may be registered with it.")
+@click.option("--model", help="The one public model name servers may register with the token.")
+@click.option("--any-model", is_flag=True,
+              help="Allow any model name: the holder can add replicas to every existing model.")
 @click.option("--expires", type=DateType(), help="Expiry (UTC), e.g. 2026-12-31; default: never.")
 @click.pass_obj
-def create(ctx: CliContext, model: str | None, expires: datetime | Unlimited | None) -> None:
+def create(ctx: CliContext, model: str | None, any_model: bool, expires: datetime | Unlimited | None) -> None:
     """Create a registration token and print it once (only its hash is stored)."""
+    if model is None and not any_model:
+        raise click.ClickException("give --model NAME (the model the token may register), or --any-model "
+                               "for a token that may register servers under every model name")
+    if model is not None and any_model:
+        raise click.ClickException("give --model NAME or --any-model, not both")
     expiry = future(expires)
     with ctx.session() as session:
         token, row = create_token(session, model, expiry if isinstance(expiry, datetime) else None)

@@ -157,7 +157,7 @@ def _entry(ctx: cf.Ctx, table: Any) -> CatalogEntry:
         engine_args=cf.strings(ctx, t, "engine_args"), env=cf.environment(ctx, t),
         command=tuple(cf.expand(ctx, "command", c) for c in cf.strings(ctx, t, "command")),
         on_demand=cf.flag(ctx, t, "on_demand", False), cpus=cf.whole(ctx, t, "cpus", 0),
-        mem=cf.text(ctx, t, "mem", ""),
+        mem=cf.slurm_memory(ctx, t, "mem"),
     )
     entry = dataclasses.replace(entry, missing_env=cf.unset_vars(entry.weights, *entry.command))
     _check_engine(ctx, entry)

@@ -13,6 +13,7 @@ CAPABILITIES = ("chat", "vision", "reasoning", "embeddings", "transcription", "t
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PUBLIC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 _TIME = re.compile(r"^(?:\d+-)?\d+(?::\d+){0,2}$")
+_MEMORY = re.compile(r"^[1-9]\d*[KMGT]?$")  # Slurm's --mem: a whole number, megabytes unless K/M/G/T
 
 
 class CatalogError(Exception):
@@ -111,6 +112,14 @@ def slurm_time(ctx: Ctx, t: Mapping[str, Any], key: str) -> str | None:
     value = t[key]
     if not isinstance(value, str) or not _TIME.match(value):
         raise ctx.error(key, "expected a Slurm time limit like \"04:00:00\" or \"1-00:00:00\"", value)
+    return value
+
+
+def slurm_memory(ctx: Ctx, t: Mapping[str, Any], key: str) -> str:
+    """A Slurm memory size such as "64G" or "512M", or "" (absent: the settings decide)."""
+    value = text(ctx, t, key, "")
+    if value and not _MEMORY.match(value):
+        raise ctx.error(key, "expected a Slurm memory size like \"64G\" or \"512M\"", value)
     return value
 
 

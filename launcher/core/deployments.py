@@ -7,13 +7,14 @@ its plan, servers (de)register, `down` and `backends remove` take rows out of ro
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Table, select, update
 from sqlalchemy.orm import Session
 
+from launcher.core.backend_urls import BackendUrlError, Listener, check_backend_url
 from launcher.core.db import utcnow
 from launcher.core.schema import Deployment
 from launcher.engines.table import EXTERNAL, KINDS
@@ -64,19 +65,41 @@ def new_secret() -> str:
 def add_backend(
     session: Session, model: str, url: str, *, kind: str = "chat", secret: str | None = None,
     engine: str = EXTERNAL, node: str | None = None, registration_token_hash: str | None = None,
+    router: Iterable[Listener] = (),
 ) -> DeploymentRecord:
-    """Register a server that already runs; it is ready once the router's probe agrees."""
+    """Register a server that already runs at URL (not one of ROUTER's addresses); it is ready
+    once the router's probe agrees."""
     if kind not in KINDS:
         raise DeploymentError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
-    if not url.startswith(("http://", "https://")):
-        raise DeploymentError(f"backend URL must start with http:// or https://, got {url!r}")
+    try:
+        checked = check_backend_url(url, router)
+    except BackendUrlError as exc:
+        raise DeploymentError(str(exc)) from None
     now = utcnow()
     row = Deployment(
-        model=model, kind=kind, engine=engine, state="ready", url=url.rstrip("/"),
+        model=model, kind=kind, engine=engine, state="ready", url=checked.text,
         secret=secret, node=node, registration_token_hash=registration_token_hash,
         ready_at=now, created_at=now, updated_at=now,
     )
     session.add(row)
+    session.commit()
+    return to_record(row)
+
+
+def find_registered(session: Session, token_hash: str, model: str, url: str) -> Deployment | None:
+    """The live row a server registered with TOKEN_HASH as MODEL at URL, if any (not a job's)."""
+    query = select(Deployment).where(
+        Deployment.registration_token_hash == token_hash, Deployment.model == model, Deployment.url == url,
+        Deployment.job_id.is_(None), Deployment.state != "gone",
+    ).order_by(Deployment.id.desc())
+    return session.scalars(query).first()
+
+
+def mark_reregistered(session: Session, row: Deployment, *, kind: str, secret: str | None, node: str | None,
+                      now: datetime) -> DeploymentRecord:
+    """A registered server announced itself again (e.g. restarted): same row, its new secret."""
+    row.kind, row.secret, row.node, row.state, row.reason = kind, secret, node or row.node, "ready", None
+    row.updated_at = now
     session.commit()
     return to_record(row)
 

@@ -71,8 +71,10 @@ class ClusterSettings:
     account: str = ""
     qos: str = ""
     default_time: str = "04:00:00"
-    cpus_per_gpu: int = 1
-    mem_per_gpu: str = "2G"
+    # Per GPU when a catalog entry sets no `cpus`/`mem`: enough for a real vLLM job (tokenizer,
+    # scheduler, weights loaded through host memory); the CPU demo lowers them in its settings.
+    cpus_per_gpu: int = 8
+    mem_per_gpu: str = "64G"
     router_url: str = "http://127.0.0.1:8000"
     log_dir: str = "~/.local/share/llm-launch/logs"
     port_range: tuple[int, int] = (20000, 29999)

@@ -10,10 +10,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-__all__ = ["DEFAULT_SECRET_ENV", "ENGINES", "EXTERNAL", "KINDS", "EngineSpec", "command_engines"]
+__all__ = ["DEFAULT_SECRET_ENV", "ENGINES", "EXTERNAL", "KINDS", "KIND_ENDPOINTS", "EngineSpec", "command_engines"]
 
 # What a server does; it also decides how the router health-checks it.
 KINDS = ("chat", "embeddings", "transcription")
+# The router endpoints (named as in router/api/paths.py) a server of each kind answers; the
+# router refuses the others for that model instead of forwarding them to a server that cannot.
+KIND_ENDPOINTS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "chat": ("chat", "completions"),
+    "embeddings": ("embeddings",),
+    "transcription": ("transcriptions", "translations"),
+})
 # Where a job's server finds the bearer secret it must require (argv is public, env is not).
 DEFAULT_SECRET_ENV = "LLM_LAUNCH_BACKEND_SECRET"
 # The engine recorded for servers registered by hand (`backends add`, `register`): no template.

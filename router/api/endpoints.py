@@ -16,6 +16,7 @@ from router.api.availability import AVAILABILITY, announcement, when_not_ready
 from router.api.audio_length import audio_seconds
 from router.api.body import form_field, form_part, inspect, parse_json, with_include_usage
 from router.api.defaults import apply_route, choices, reservation
+from router.api.kinds import check_kind
 from router.errors import CTX, RouterError
 from router.api.model_list import list_entries
 from router.api.model_status import model_status, unavailable
@@ -130,6 +131,7 @@ async def dispatch(request: web.Request, state: RouterState, info: RequestInfo, 
     ctx = request[CTX]
     ctx.model, ctx.endpoint = info.model, info.endpoint
     check_model(info.key, info.model)
+    check_kind(state, info.model, info.endpoint)
     try:
         pool = ready_pool(state, info.model)
     except RouterError as err:  # maintenance, or a model started on demand

@@ -2,24 +2,29 @@
 
 A job submitted by `llm-launch up` proves itself with its per-job token (only the hash is
 stored); a server a user started by hand uses an admin-issued token from `llm-launch tokens
-create`, and gets a new deployment row. Nothing is written unless the token matches.
+create`, and gets a deployment row (the same one when it registers again at the same URL).
+Nothing is written unless the token matches and the URL is a backend's, not the router's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from aiohttp import web
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from launcher.core.backend_urls import BackendUrlError, Listener, RouterAddressError, check_backend_url
+from launcher.core.backend_urls import router_listeners
 from launcher.core.db import session_factory, utcnow
-from launcher.core.deployments import add_backend, mark_deregistered, mark_registered
+from launcher.core.deployments import add_backend, find_registered, mark_deregistered, mark_registered
+from launcher.core.deployments import mark_reregistered
 from launcher.core.keys import hash_key
 from launcher.core.schema import Deployment, RegistrationToken
 from launcher.core.tokens import find_grant
@@ -72,7 +77,19 @@ def _matches(token: str, stored: str | None) -> bool:
 
 
 async def _register(request: web.Request) -> web.Response:
-    return await _handle(request, register)
+    return await _handle(request, functools.partial(register, router=_listeners(request)))
+
+
+def _listeners(request: web.Request) -> list[Listener]:
+    """The router's own addresses: as configured, and where this request reached it."""
+    listeners = []
+    if STATE in request.app:
+        settings = request.app[STATE].settings
+        listeners = router_listeners(settings.router.host, settings.router.port, settings.cluster.router_url)
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if isinstance(sockname, tuple) and len(sockname) >= 2:  # the bound port, also when 0 was asked for
+        listeners.append(Listener(str(sockname[0]), int(sockname[1])))
+    return listeners
 
 
 async def _deregister(request: web.Request) -> web.Response:
@@ -134,10 +151,17 @@ def _whole(value: object) -> int:
     raise Refused(400, "deployment_id must be a whole number", "invalid_request")
 
 
-def register(session: Session, claim: Claim) -> dict[str, Any]:
-    """Mark the claimed deployment ready at its URL, or create one for an admin-issued token."""
-    if not claim.url.startswith(("http://", "https://")):
-        raise Refused(400, f"url must start with http:// or https://, got {claim.url!r}", "invalid_url")
+def register(session: Session, claim: Claim, router: Sequence[Listener] = ()) -> dict[str, Any]:
+    """Mark the claimed deployment ready at its URL, or create one for an admin-issued token.
+
+    The URL must be a plain http(s) base URL that is not one of ROUTER's own addresses.
+    """
+    try:
+        check_backend_url(claim.url, router)
+    except RouterAddressError as exc:
+        raise Refused(400, str(exc), "router_address") from None
+    except BackendUrlError as exc:
+        raise Refused(400, str(exc), "invalid_url") from None
     if claim.deployment_id is None and claim.job_id is None:
         return _register_own(session, claim)
     row = _claimed_row(session, claim)
@@ -185,6 +209,11 @@ def _register_own(session: Session, claim: Claim) -> dict[str, Any]:
     if grant is None:
         raise Refused(401, "invalid registration token", "invalid_token")
     _check_grant(grant, claim)
+    # The same server announcing itself again (a retry, a restart) keeps its row and id.
+    row = find_registered(session, grant.token_hash, claim.model or "", _url(claim))
+    if row is not None:
+        record = mark_reregistered(session, row, kind=claim.kind, secret=claim.secret, node=claim.node, now=utcnow())
+        return {"deployment_id": record.id, "state": record.state}
     # The checks above are the ones add_backend makes, with the router's own messages.
     record = add_backend(session, claim.model or "", _url(claim), kind=claim.kind, secret=claim.secret,
                          node=claim.node, registration_token_hash=grant.token_hash)

@@ -12,12 +12,15 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from launcher.slurm.client import SlurmClient
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "local-slurm"
+# Jobs on the local test cluster (8 CPUs, 16 GB): small requests, not the defaults for GPU jobs.
+SMALL_JOBS: dict[str, Any] = {"cpus_per_gpu": 1, "mem_per_gpu": "2G"}
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from launcher.control.supervisor import Supervisor
 from router.app import create_app
 from router.serve import start
 from tests.conftest import LoopThread
-from tests.integration.slurm_fixtures import SCRIPT, SlurmCluster, slurm_cluster  # noqa: F401
+from tests.integration.slurm_fixtures import SCRIPT, SMALL_JOBS, SlurmCluster, slurm_cluster  # noqa: F401
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slurm
@@ -150,7 +150,8 @@ def stack(private_cluster: SlurmCluster, servers: LoopThread, tmp_path_factory: 
     cluster = dataclasses.replace(
         ClusterSettings(), catalog=str(_catalog(folder)), router_url=f"http://127.0.0.1:{port}", log_dir=str(folder),
         reconcile_interval_s=0.5, successor_lead_floor_s=90, successor_lead_margin_s=5, successor_late_s=60,
-        signal_lead_s=10, drain_threshold_s=10, max_request_duration_s=60, backoff_base_s=3, max_quick_failures=3)
+        signal_lead_s=10, drain_threshold_s=10, max_request_duration_s=60, backoff_base_s=3, max_quick_failures=3,
+        **SMALL_JOBS)
     router = RouterSettings(registry_refresh_s=0.2, accounting=False, request_log=False, on_demand_wait_s=45,
                             on_demand_idle_s=6, grace_period_s=1)
     settings = Settings(database=f"sqlite:///{db}", router=router, cluster=cluster)

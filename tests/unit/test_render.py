@@ -35,7 +35,7 @@ def test_vllm_job_carries_catalog_and_cluster_settings(production: Catalog) -> N
     lines = sbatch_lines(script)
     for expected in ("--gres=gpu:4", "--time=24:00:00", "--signal=B:USR1@90", "--no-requeue",
                      "--partition=gpu", "--account=proj42", "--qos=high", "--constraint=a100",
-                     "--cpus-per-gpu=8", "--mem-per-gpu=64G", "--job-name=llm-qwen3-5-122b",
+                     "--cpus-per-task=32", "--mem=160G", "--job-name=llm-qwen3-5-122b",
                      "--output=/logs/qwen3-5-122b-%j.out"):
         assert f"#SBATCH {expected}" in lines
     assert "module load cuda/12.4\nsource /opt/vllm/bin/activate" in script
