@@ -17,12 +17,14 @@ from sqlalchemy import Engine
 
 from launcher.core.keys import KeyRecord
 from launcher.core.settings import Settings
+from launcher.engines.table import KIND_ENDPOINTS
 from router.accounting import limits as quota
 from router.accounting.seam import Accounting, Admission, NoAccounting, QuotaExceeded, RequestInfo, Usage
 from router.accounting.ledger import Ledger
 from router.accounting.ownership import OwnershipLock
 
-AUDIO_ENDPOINTS = frozenset({"transcriptions", "translations"})
+# Endpoints billed in audio seconds, not tokens.
+AUDIO_ENDPOINTS = frozenset(KIND_ENDPOINTS["transcription"])
 
 
 @dataclass(frozen=True)
