@@ -56,7 +56,8 @@ class Admin:
 
     def settings(self, **cluster: str) -> None:
         lines = "".join(f'{key} = "{value}"\n' for key, value in cluster.items())
-        (self.tmp / "settings.toml").write_text(f"[cluster]\n{lines}")
+        # small jobs by default: the local test cluster has 16 GB, not the 64G per GPU real jobs get
+        (self.tmp / "settings.toml").write_text(f"[cluster]\ncpus_per_gpu = 1\nmem_per_gpu = \"2G\"\n{lines}")
 
 
 def whisper_catalog(path: Path) -> None:
