@@ -27,8 +27,12 @@ def follow_job(
     """What Slurm's view of one job means for its row: (update or None, cancel or None).
 
     A server a user registered from their own job is followed the same way, but its end is
-    never a failure of the model, and the user's job is never cancelled.
+    never a failure of the model, and the user's job is never cancelled. One whose job Slurm has
+    never shown us (PrivateData hides other users' jobs, or it runs on another cluster) is left
+    to the router's probes (router.unbacked_down_s), not removed as vanished.
     """
+    if dep.engine == EXTERNAL and job is None and dep.end_time is None:
+        return None, None
     update, cancel = _follow(dep, job, policy, now)
     if dep.engine != EXTERNAL:
         return update, cancel

@@ -1,7 +1,8 @@
 """Servers users registered outside any Slurm job: removed once they fail their probes too long.
 
-One registered from a job is removed by the supervisor when Slurm ends the job; one without a job
-has nothing else that would ever notice it died without deregistering.
+One registered from a job is removed by the supervisor when Slurm ends the job; one without a job,
+or whose job the supervisor has never seen in Slurm (it sets the row's end time when it does), has
+nothing else that would ever notice it died without deregistering.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ LOG = logging.getLogger("router.health")
 
 
 def overdue(backends: Iterable[Probed], down_s: float, now: float) -> list[Probed]:
-    """The job-less user servers down for DOWN_S or longer (pure)."""
-    return [b for b in backends if b.record.engine == EXTERNAL and b.record.owner and b.record.job_id is None
+    """The user servers no job seen in Slurm backs, down for DOWN_S or longer (pure)."""
+    return [b for b in backends if b.record.engine == EXTERNAL and b.record.owner and b.record.end_time is None
             and b.record.state == "ready" and b.health.status == DOWN and now - b.health.since >= down_s]
 
 

@@ -125,13 +125,14 @@ def test_a_backend_that_rejects_the_routers_secret_is_a_502_and_leaves_the_rotat
     assert "bob's job 7" in offline.value.message and "administrators to start it" not in offline.value.message
 
 
+@pytest.mark.parametrize("job", [{}, {"job_id": "99"}], ids=["no job", "a job Slurm never showed"])
 def test_a_server_no_job_backs_is_removed_once_down_long_enough(
     registry: Registry, granted: None, make_router: Callable[..., RouterHandle],
-    make_backend: Callable[..., FakeBackend], servers: Any,
+    make_backend: Callable[..., FakeBackend], servers: Any, job: dict[str, str],
 ) -> None:
     router = make_router(health_interval_s=0.2, health_timeout_s=0.5, unbacked_down_s=0.5)
     server = make_backend(models=[MODEL], secret="s1")
-    claim = {"token": TOKEN, "model": MODEL, "url": server.url, "secret": "s1", "owner": "bob"}
+    claim = {"token": TOKEN, "model": MODEL, "url": server.url, "secret": "s1", "owner": "bob", **job}
     assert post(router, "register", claim).status_code == 200
     servers.run(server.stop())
     wait_for(lambda: rows(registry)[0][2] == "gone", 10, "the dead job-less server removed")

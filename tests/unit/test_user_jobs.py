@@ -14,7 +14,7 @@ from launcher.core.targets import Target
 from launcher.engines.table import EXTERNAL
 from tests.unit.test_reconcile import NOW, POLICY, dep, job
 
-USER_ROW = dep(engine=EXTERNAL, job_id="555", ready_at=NOW, owner="bob")
+USER_ROW = dep(engine=EXTERNAL, job_id="555", ready_at=NOW, owner="bob")  # seen running: it has an end time
 
 
 @pytest.mark.parametrize("slurm", [None, job("FAILED", job_id="555", exit_code=137), job("CANCELLED", job_id="555")])
@@ -36,3 +36,10 @@ def test_an_ended_user_job_counts_no_failure_and_its_model_is_not_signalled() ->
     assert plan.cancels == () and plan.drains == () and plan.targets == ()
     idle = reconcile([USER_ROW], {"555": job(job_id="555")}, targets, replace(POLICY, on_demand=frozenset({"m"})), NOW)
     assert idle.drains == () and idle.updates == ()  # an idle on-demand model drains only the launcher's jobs
+
+
+def test_a_user_job_slurm_never_showed_is_left_to_the_probes() -> None:
+    hidden = dep(engine=EXTERNAL, job_id="556", ready_at=NOW, owner="bob", end_time=None)
+    assert follow_job(hidden, None, POLICY, NOW) == (None, None)  # PrivateData, or another cluster
+    update, _ = follow_job(hidden, job(job_id="556"), POLICY, NOW)
+    assert update is not None and update.changes["end_time"] is not None  # seen: followed from now on
