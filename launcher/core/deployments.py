@@ -103,8 +103,9 @@ def find_registered(session: Session, token_hash: str, model: str, url: str,
 
 
 def url_holder(session: Session, url: str) -> Deployment | None:
-    """The live row that routes to URL, if any (two servers cannot listen at one address)."""
-    query = select(Deployment).where(Deployment.url == url, Deployment.state.in_(("starting", "ready")))
+    """The row whose server listens at URL, if any (two cannot listen at one address); a draining
+    job's server still does."""
+    query = select(Deployment).where(Deployment.url == url, Deployment.state.in_(("starting", "ready", "draining")))
     return session.scalars(query.order_by(Deployment.id)).first()
 
 

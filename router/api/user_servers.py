@@ -66,7 +66,7 @@ async def check_server(claim: Claim, timeout_s: float) -> None:
             async with session.get(url, headers=headers, allow_redirects=False) as resp:
                 status, body = resp.status, await resp.read()
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-        why = f"{type(exc).__name__} {exc}".strip()
+        why = " ".join(f"{type(exc).__name__} {exc}".split())  # one line, whatever the error says
         raise Refused(400, f"the router cannot reach {url}: {why}", "server_unreachable") from None
     if status in (401, 403):
         raise Refused(400, f"{url} answered {status} to the secret registered with it: start the server "

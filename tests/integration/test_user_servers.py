@@ -22,7 +22,8 @@ from launcher.core.keys import hash_key
 from launcher.core.schema import Deployment, RegistrationToken
 from tests.conftest import Registry, RouterHandle
 from tests.fake_backend import FakeBackend
-from tests.integration.test_registration import post, row_count
+from tests.integration.test_registration import TOKEN as JOB_TOKEN
+from tests.integration.test_registration import post, row_count, submitted_job
 from tests.waiting import wait_for
 
 TOKEN = "rt-users-token"
@@ -170,3 +171,16 @@ def test_expiry_times_print_to_the_second(registry: Registry) -> None:
     made = cli(registry, "tokens", "create", "--model", MODEL, "--expires", "2031-01-02T03:04:05", env={})
     assert made.exit_code == 0 and "expires 2031-01-02 03:04:05 UTC" in made.output, made.output
     assert "2031-01-02 03:04:05" in cli(registry, "tokens", "list", env={}).output
+
+
+def test_a_url_a_draining_launcher_job_still_serves_is_refused(
+    registry: Registry, granted: None, make_router: Callable[..., RouterHandle],
+    make_backend: Callable[..., FakeBackend],
+) -> None:
+    router, server = make_router(), make_backend(models=[MODEL], secret="s1")
+    submitted_job(registry)
+    job_claim = {"token": JOB_TOKEN, "job_id": "4242", "url": server.url}
+    assert post(router, "register", job_claim).status_code == 200
+    assert post(router, "deregister", job_claim).json()["state"] == "draining"  # its server still answers
+    taken = post(router, "register", {"token": TOKEN, "model": MODEL, "url": server.url, "secret": "s1"})
+    assert taken.status_code == 409 and "job 4242" in taken.json()["error"]["message"]
