@@ -75,9 +75,15 @@ def _secret(secret_env: str, no_secret: bool, url: str) -> str | None:
 def _claim(token: str, model: str, url: str, kind: str, secret: str | None) -> dict[str, Any]:
     """What the router records: the server, and the Slurm job (and its user) it runs in, if any."""
     job_id = os.environ.get("SLURM_JOB_ID") or None
-    owner = os.environ.get("SLURM_JOB_USER") or getpass.getuser()
     return {"token": token, "url": url, "model": model, "kind": kind, "node": socket.gethostname(),
-            "secret": secret, "job_id": job_id, "owner": owner}
+            "secret": secret, "job_id": job_id, "owner": os.environ.get("SLURM_JOB_USER") or _user()}
+
+
+def _user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
+        return None
 
 
 def post_json(url: str, body: dict[str, Any], timeout_s: float = 15.0) -> dict[str, Any]:
