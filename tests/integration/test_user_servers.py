@@ -110,10 +110,10 @@ def test_a_backend_that_rejects_the_routers_secret_is_a_502_and_leaves_the_rotat
     registry: Registry, granted: None, make_router: Callable[..., RouterHandle],
     make_backend: Callable[..., FakeBackend],
 ) -> None:
+    key = registry.add_key("alice")  # before the router starts: its first snapshot has it
     router, server = make_router(), make_backend(models=[MODEL], secret="s1")
     claim = {"token": TOKEN, "model": MODEL, "url": server.url, "secret": "s1", "job_id": "7", "owner": "bob"}
-    deployment = post(router, "register", claim).json()["deployment_id"]
-    key = registry.add_key("alice")
+    assert post(router, "register", claim).status_code == 200
     client = openai.OpenAI(base_url=router.base_url, api_key=key, max_retries=0)
     server.config.secret = "rotated"  # the user restarted the server with another secret
     with pytest.raises(openai.APIStatusError) as caught:
