@@ -56,6 +56,7 @@ while [ $# -gt 0 ]; do
   case $1 in --served-model-name) name=$2;; --host) host=$2;; --port) port=$2;; esac
   shift 2
 done
+echo $$ >> "$(dirname "$0")/servers.pid"   # the test ends what a killed job's shell left behind
 cd {shlex.quote(str(REPO))} && exec {shlex.quote(sys.executable)} -m tests.fake_backend --host "$host" \\
   --port "$port" --model "$name" --secret-env VLLM_API_KEY
 """
@@ -158,8 +159,19 @@ def stack(slurm_cluster: SlurmCluster, servers: LoopThread,  # noqa: F811
                        check=False)
         stop.set()
         loop.join(30)
+        _end_orphans(folder / "bin" / "servers.pid")
         servers.run(runner.cleanup())  # type: ignore[attr-defined]
         engine.dispose()
+
+
+def _end_orphans(pids: Path) -> None:
+    """Servers of jobs whose shell was SIGKILLed: linuxproc loses track of them (cgroups would not)."""
+    for pid in (int(p) for p in (pids.read_text().split() if pids.exists() else [])):
+        try:
+            if b"tests.fake_backend" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, 15)
+        except (OSError, ValueError):
+            continue
 
 
 def _user_env(folder: Path, cluster: SlurmCluster, token: str) -> dict[str, str]:
