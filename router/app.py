@@ -21,6 +21,7 @@ from router.api.handover_metrics import HandoverCollector
 from router.errors import Observer, make_middleware
 from router.hops import HOP_ID, new_hop_id
 from router.upstream.health import probe_loop
+from router.upstream.unbacked import remove_loop
 from router.upstream.names import load_names
 from router.upstream.proxy import Upstream
 from router.request_log import make_request_log
@@ -83,7 +84,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     session = new_session()
     try:
-        tasks = await _start(state, session, app[HOP_ID])
+        tasks = await _start(state, session, app[HOP_ID], app[DB_ENGINE])
     except BaseException:
         await session.close()
         raise
@@ -99,7 +100,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await session.close()
 
 
-async def _start(state: RouterState, session: aiohttp.ClientSession, hop_id: str) -> list[asyncio.Task[None]]:
+async def _start(state: RouterState, session: aiohttp.ClientSession, hop_id: str,
+                 engine: Engine) -> list[asyncio.Task[None]]:
     """First snapshot, accounting, then the refresher and the health probes in the background."""
     rs = state.settings.router
     state.upstream = Upstream(
@@ -116,4 +118,6 @@ async def _start(state: RouterState, session: aiohttp.ClientSession, hop_id: str
             probe_loop(session, backends, rs.health_interval_s, rs.health_timeout_s, time.time),
             name="health-probes",
         ),
+        asyncio.create_task(remove_loop(engine, backends, rs.unbacked_down_s, rs.health_interval_s, time.time,
+                                        state.view.refresh), name="unbacked-servers"),
     ]

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import signal
 import time
 import wave
@@ -36,6 +37,7 @@ AUTO: Any = _Auto()
 class FakeConfig:
     models: list[str] = field(default_factory=lambda: ["fake-chat"])
     secret: str | None = None
+    denied_status: int = 401  # the answer to a request without the secret
     chunks: int = 5
     chunk_delay_ms: float = 0.0
     latency_ms: float = 0.0
@@ -169,7 +171,7 @@ class FakeBackend:
         secret = self.config.secret
         if secret and request.headers.get("Authorization") != f"Bearer {secret}":
             return web.json_response({"error": {"message": "bad backend key", "type": "invalid_request_error",
-                                                "param": None, "code": None}}, status=401)
+                                                "param": None, "code": None}}, status=self.config.denied_status)
         return None
 
     def _send_json(self, value: Any, status: int = 200) -> web.Response:
@@ -306,6 +308,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--secret")
+    parser.add_argument("--secret-env", help="Read the secret from this environment variable (not argv, which `ps` shows).")
     parser.add_argument("--model", action="append", dest="models")
     parser.add_argument("--chunks", type=int, default=5)
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0)
@@ -314,7 +317,8 @@ def main() -> None:
     parser.add_argument("--failure", choices=FAILURES)
     parser.add_argument("--no-record", action="store_true", help="Keep nothing in memory (benchmarks).")
     args = parser.parse_args()
-    config = FakeConfig(models=args.models or ["fake-chat"], secret=args.secret, chunks=args.chunks,
+    secret = os.environ.get(args.secret_env) or None if args.secret_env else args.secret
+    config = FakeConfig(models=args.models or ["fake-chat"], secret=secret, chunks=args.chunks,
                         chunk_delay_ms=args.chunk_delay_ms, latency_ms=args.latency_ms,
                         embedding_dim=args.embedding_dim, failure=args.failure)
     asyncio.run(_serve(FakeBackend(config), args.host, args.port, args.no_record))

@@ -8,6 +8,7 @@ import click
 
 from launcher.cli.context import CliContext, echo_json, echo_table
 from launcher.cli.errors import cli_errors
+from launcher.cli.status_cmd import default_router_url, fetch_router_status
 from launcher.core.backend_urls import router_listeners
 from launcher.core.deployments import DeploymentError, add_backend, get_deployment
 from launcher.core.deployments import list_deployments, mark_gone
@@ -39,18 +40,22 @@ def add(ctx: CliContext, model: str, url: str, kind: str, secret: str | None) ->
 @backends.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--all", "include_gone", is_flag=True, help="Include removed and ended ones.")
+@click.option("--router", "router_url", envvar="LLM_LAUNCH_ROUTER_URL",
+              help="Router base URL for health [default: settings router.host:port].")
 @click.pass_obj
-def list_(ctx: CliContext, as_json: bool, include_gone: bool) -> None:
-    """List registered backends (secrets are never shown)."""
+def list_(ctx: CliContext, as_json: bool, include_gone: bool, router_url: str | None) -> None:
+    """List registered backends with the router's health, as `status` shows it (secrets never)."""
     with ctx.session() as session:
         records = list_deployments(session, include_gone=include_gone)
-    rows = [{**dataclasses.asdict(r), "secret": bool(r.secret)} for r in records]
+    live = fetch_router_status(router_url or default_router_url(ctx.settings), ctx.settings.router.admin_token) or {}
+    health = {r.id: live.get(r.id, {}).get("health") for r in records}
+    rows = [{**dataclasses.asdict(r), "secret": bool(r.secret), "health": health[r.id]} for r in records]
     if as_json:
         echo_json(rows)
         return
     echo_table(
-        ["id", "model", "kind", "state", "url", "job", "node"],
-        [[r.id, r.model, r.kind, r.state, r.url, r.job_id, r.node] for r in records],
+        ["id", "model", "kind", "state", "health", "url", "job", "owner", "node"],
+        [[r.id, r.model, r.kind, r.state, health[r.id] or "-", r.url, r.job_id, r.owner, r.node] for r in records],
     )
 
 

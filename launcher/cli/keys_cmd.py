@@ -108,7 +108,7 @@ def list_(ctx: CliContext, as_json: bool) -> None:
     echo_table(
         ["id", "name", "prefix", "models", "account", "limits", "expires", "status"],
         [[r.id, r.name, r.prefix + "…", ",".join(r.models) if r.models else "all", r.account,
-          _limits_text(r.limits), r.expires_at and f"{r.expires_at:%Y-%m-%d}",
+          _limits_text(r.limits), r.expires_at and f"{r.expires_at:%Y-%m-%d %H:%M:%S}",
           "revoked" if r.revoked_at else "active"] for r in records],
     )
 

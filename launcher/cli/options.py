@@ -60,5 +60,5 @@ class DateType(click.ParamType[Any]):
 def future(value: datetime | Unlimited | None) -> datetime | Unlimited | None:
     """Reject an expiry in the past with a CLI error."""
     if isinstance(value, datetime) and value <= utcnow():
-        raise click.BadParameter(f"{value:%Y-%m-%d %H:%M} is in the past", param_hint="--expires")
+        raise click.BadParameter(f"{value:%Y-%m-%d %H:%M:%S} is in the past", param_hint="--expires")
     return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import socket
@@ -18,32 +19,71 @@ from launcher.cli.options import DateType, Unlimited, future
 from launcher.core.tokens import create_token, list_tokens, revoke_token
 from launcher.engines.table import DEFAULT_SECRET_ENV, KINDS
 
+TOKEN_ENV = "LLM_LAUNCH_REGISTRATION_TOKEN"
+
 
 @click.command()
-@click.option("--model", required=True, help="Public model name the server answers to.")
-@click.option("--url", required=True, help="Where the router reaches the server, e.g. http://$(hostname):8001.")
-@click.option("--token", envvar="LLM_LAUNCH_REGISTRATION_TOKEN", required=True,
-              help="Registration token from an admin (better: env LLM_LAUNCH_REGISTRATION_TOKEN, "
-                   "which `ps` does not show).")
+@click.option("--model", help="Public model name the server answers to.")
+@click.option("--url", help="Where the router reaches the server, e.g. http://$(hostname):$port.")
+@click.option("--token", envvar=TOKEN_ENV,
+              help=f"Registration token from an admin (better: env {TOKEN_ENV}, which `ps` does not show).")
 @click.option("--kind", type=click.Choice(KINDS), default="chat", show_default=True)
 @click.option("--secret-env", default=DEFAULT_SECRET_ENV, show_default=True,
               help="Environment variable holding the server's API key, which the router sends it.")
+@click.option("--no-secret", is_flag=True,
+              help="Register a server that takes no API key: anyone who reaches its URL can use it.")
 @click.option("--router", "router_url", envvar="LLM_LAUNCH_ROUTER_URL",
               help="Router base URL (default: settings cluster.router_url).")
-@click.option("--deregister", is_flag=True, help="Stop routing to the server (use in an EXIT trap).")
+@click.option("--deregister", "deployment_id", metavar="ID",
+              help="Stop routing to deployment ID, the one register printed (use in an EXIT trap).")
 @click.pass_obj
-def register(ctx: CliContext, model: str, url: str, token: str, kind: str, secret_env: str,
-             router_url: str | None, deregister: bool) -> None:
-    """Register a server you started yourself (e.g. inside your sbatch script) with the router."""
+def register(ctx: CliContext, model: str | None, url: str | None, token: str | None, kind: str, secret_env: str,
+             no_secret: bool, router_url: str | None, deployment_id: str | None) -> None:
+    """Register a server you started yourself (e.g. inside your sbatch script) with the router.
+
+    Prints the deployment id on stdout (what --deregister takes); inside a Slurm job it sends the
+    job id, so the server is removed when the job ends, even if it could not deregister.
+    """
+    if not token:
+        raise click.ClickException(f"no registration token: set {TOKEN_ENV} (or pass --token)")
     base = (router_url or ctx.settings.cluster.router_url).rstrip("/")
-    body: dict[str, Any] = {"token": token, "url": url, "model": model}
-    if deregister:
-        post_json(f"{base}/internal/deregister", body)
-        click.echo(f"deregistered {url}")
+    if deployment_id is not None:
+        if not deployment_id.isdigit():
+            raise click.ClickException(f"--deregister takes the deployment id that register printed, not {deployment_id!r}")
+        post_json(f"{base}/internal/deregister", {"token": token, "deployment_id": int(deployment_id)})
+        click.echo(f"deregistered deployment {deployment_id}", err=True)
         return
-    body.update(kind=kind, node=socket.gethostname(), secret=os.environ.get(secret_env) or None)
-    answer = post_json(f"{base}/internal/register", body)
-    click.echo(f"registered {model} at {url} (deployment {answer.get('deployment_id')})")
+    if not model or not url:
+        raise click.ClickException("give --model NAME and --url URL (or --deregister ID)")
+    answer = post_json(f"{base}/internal/register", _claim(token, model, url, kind, _secret(secret_env, no_secret, url)))
+    click.echo(answer.get("deployment_id"))
+    click.echo(f"registered {model} at {url} (deployment {answer.get('deployment_id')})", err=True)
+
+
+def _secret(secret_env: str, no_secret: bool, url: str) -> str | None:
+    """The server's API key from SECRET_ENV; none only when asked for explicitly."""
+    secret = os.environ.get(secret_env) or None
+    if secret is None and not no_secret:
+        raise click.ClickException(
+            f"${secret_env} is empty: without a secret anyone who can reach {url} uses your server (and GPU) "
+            f"without a key; start the server with a secret in ${secret_env}, or pass --no-secret")
+    if secret is not None and no_secret:
+        raise click.ClickException(f"--no-secret, but ${secret_env} is set: unset it or drop --no-secret")
+    return secret
+
+
+def _claim(token: str, model: str, url: str, kind: str, secret: str | None) -> dict[str, Any]:
+    """What the router records: the server, and the Slurm job (and its user) it runs in, if any."""
+    job_id = os.environ.get("SLURM_JOB_ID") or None
+    return {"token": token, "url": url, "model": model, "kind": kind, "node": socket.gethostname(),
+            "secret": secret, "job_id": job_id, "owner": os.environ.get("SLURM_JOB_USER") or _user()}
+
+
+def _user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
+        return None
 
 
 def post_json(url: str, body: dict[str, Any], timeout_s: float = 15.0) -> dict[str, Any]:
@@ -95,7 +135,7 @@ def create(ctx: CliContext, model: str | None, any_model: bool, expires: datetim
         token, row = create_token(session, model, expiry if isinstance(expiry, datetime) else None)
         click.echo(token)
         click.echo(f"token {row.id}: " + (f"model {model}" if model else "any model")
-                   + (f", expires {row.expires_at:%Y-%m-%d %H:%M} UTC" if row.expires_at else ""), err=True)
+                   + (f", expires {row.expires_at:%Y-%m-%d %H:%M:%S} UTC" if row.expires_at else ""), err=True)
 
 
 @tokens.command("list")
@@ -105,7 +145,7 @@ def list_(ctx: CliContext) -> None:
     with ctx.session() as session:
         rows = list_tokens(session)
     echo_table(["id", "model", "expires", "created"],
-               [[r.id, r.model or "any", r.expires_at, r.created_at] for r in rows])
+               [[r.id, r.model or "any", _second(r.expires_at), _second(r.created_at)] for r in rows])
 
 
 @tokens.command()
@@ -117,3 +157,7 @@ def revoke(ctx: CliContext, token_id: int) -> None:
         if not revoke_token(session, token_id):
             raise click.ClickException(f"no registration token with id {token_id}")
     click.echo(f"revoked registration token {token_id}")
+
+
+def _second(moment: datetime | None) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S}" if moment else "never"

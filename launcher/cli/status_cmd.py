@@ -19,7 +19,7 @@ from launcher.core.deployments import DeploymentRecord, list_deployments
 from launcher.core.settings import Settings
 from launcher.core.targets import Target, load_targets
 
-HEADERS = ["id", "model", "job", "state", "node", "url", "time left", "health", "in flight", "links"]
+HEADERS = ["id", "model", "job", "owner", "state", "node", "url", "time left", "health", "in flight", "links"]
 # The router's answer: {"deployments": [{"id": 3, "health": "healthy", "in_flight": 2}, ...]}
 STATUS_PATH = "/internal/status"
 
@@ -94,7 +94,7 @@ def build_report(rows: Sequence[DeploymentRecord], targets: Mapping[str, Target]
         seen = (live or {}).get(row.id, {})
         left = (row.end_time - now).total_seconds() if row.end_time and row.state != "gone" else None
         deployments.append({
-            "id": row.id, "model": row.model, "job_id": row.job_id, "state": row.state,
+            "id": row.id, "model": row.model, "job_id": row.job_id, "owner": row.owner, "state": row.state,
             "reason": row.reason, "expected_start": row.expected_start, "node": row.node, "url": row.url,
             "end_time": row.end_time, "time_left_s": None if left is None else max(0, int(left)),
             "health": seen.get("health"), "in_flight": seen.get("in_flight"),
@@ -115,7 +115,7 @@ def _successor(state: str | None, left: float | None, late_s: float) -> dict[str
 
 
 def _echo_report(report: Mapping[str, Any]) -> None:
-    table = [[d["id"], d["model"], d["job_id"] or "-", state_text(d), d["node"] or "-", d["url"] or "-",
+    table = [[d["id"], d["model"], d["job_id"] or "-", d["owner"] or "-", state_text(d), d["node"] or "-", d["url"] or "-",
               duration_text(d["time_left_s"]), _or_dash(d["health"]), _or_dash(d["in_flight"]), links_text(d)]
              for d in report["deployments"]]
     if table:

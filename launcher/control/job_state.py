@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from launcher.control.plan import Cancel, Policy, RowUpdate
 from launcher.core.deployments import DeploymentRecord
+from launcher.engines.table import EXTERNAL
 from launcher.slurm.parse import JobInfo
 
 # Slurm job states, grouped by what they mean for a model server.
@@ -23,7 +24,24 @@ NOT_FAILURES = frozenset({"CANCELLED", "TIMEOUT", "PREEMPTED", "DEADLINE", "NODE
 def follow_job(
     dep: DeploymentRecord, job: JobInfo | None, policy: Policy, now: datetime,
 ) -> tuple[RowUpdate | None, Cancel | None]:
-    """What Slurm's view of one job means for its row: (update or None, cancel or None)."""
+    """What Slurm's view of one job means for its row: (update or None, cancel or None).
+
+    A server a user registered from their own job is followed the same way, but its end is
+    never a failure of the model, and the user's job is never cancelled. One whose job Slurm has
+    never shown us (PrivateData hides other users' jobs, or it runs on another cluster) is left
+    to the router's probes (router.unbacked_down_s), not removed as vanished.
+    """
+    if dep.engine == EXTERNAL and job is None and dep.end_time is None:
+        return None, None
+    update, cancel = _follow(dep, job, policy, now)
+    if dep.engine != EXTERNAL:
+        return update, cancel
+    return (replace(update, failure=False) if update else None), None
+
+
+def _follow(
+    dep: DeploymentRecord, job: JobInfo | None, policy: Policy, now: datetime,
+) -> tuple[RowUpdate | None, Cancel | None]:
     if job is None:
         return _ended(dep, "vanished: Slurm no longer knows the job", now, policy), None
     if job.finished:

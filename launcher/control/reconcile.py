@@ -19,6 +19,7 @@ from launcher.control.plan import Cancel, Plan, Policy, RowUpdate, Submission
 from launcher.core.deployments import DeploymentRecord
 from launcher.core.maintenance import active, describe
 from launcher.core.targets import Target, TargetUpdate
+from launcher.engines.table import EXTERNAL
 from launcher.slurm.parse import JobInfo
 
 # Rows that hold (or will hold) a replica; draining and gone ones are on their way out.
@@ -69,8 +70,9 @@ def _drains(deployments: Sequence[DeploymentRecord], states: Mapping[int, str], 
     """Predecessors whose successor serves, and on-demand replicas no longer wanted: draining."""
     chosen = [(old, f"handed over to #{new_id}") for old, new_id in ho.drains(deployments, states)]
     idle = {m for m, t in targets.items() if t.desired_replicas == 0 and m in policy.on_demand}
+    # A user's own job is theirs: never signalled.
     chosen += [(d, "idle: on-demand model no longer wanted") for d in deployments
-               if d.model in idle and d.job_id and states[d.id] == "ready"]
+               if d.model in idle and d.job_id and d.engine != EXTERNAL and states[d.id] == "ready"]
     updates = []
     for dep, why in chosen:
         changes = {"state": "draining", "reason": why}

@@ -45,6 +45,7 @@ class DeploymentRecord:
     ready_at: datetime | None
     predecessor_id: int | None
     updated_at: datetime
+    owner: str | None = None  # who runs a server registered from a user's own job
 
 
 def to_record(row: Deployment) -> DeploymentRecord:
@@ -53,7 +54,7 @@ def to_record(row: Deployment) -> DeploymentRecord:
         id=row.id, model=row.model, kind=row.kind, engine=row.engine, state=row.state,
         reason=row.reason, job_id=row.job_id, node=row.node, url=row.url, secret=row.secret,
         expected_start=row.expected_start, end_time=row.end_time, submitted_at=row.submitted_at,
-        ready_at=row.ready_at, predecessor_id=row.predecessor_id, updated_at=row.updated_at,
+        ready_at=row.ready_at, predecessor_id=row.predecessor_id, updated_at=row.updated_at, owner=row.owner,
     )
 
 
@@ -65,7 +66,7 @@ def new_secret() -> str:
 def add_backend(
     session: Session, model: str, url: str, *, kind: str = "chat", secret: str | None = None,
     engine: str = EXTERNAL, node: str | None = None, registration_token_hash: str | None = None,
-    router: Iterable[Listener] = (),
+    router: Iterable[Listener] = (), job_id: str | None = None, owner: str | None = None,
 ) -> DeploymentRecord:
     """Register a server that already runs at URL (not one of ROUTER's addresses); it is ready
     once the router's probe agrees."""
@@ -78,7 +79,7 @@ def add_backend(
     now = utcnow()
     row = Deployment(
         model=model, kind=kind, engine=engine, state="ready", url=checked.text,
-        secret=secret, node=node, registration_token_hash=registration_token_hash,
+        secret=secret, node=node, registration_token_hash=registration_token_hash, job_id=job_id, owner=owner,
         ready_at=now, created_at=now, updated_at=now,
     )
     session.add(row)
@@ -86,19 +87,32 @@ def add_backend(
     return to_record(row)
 
 
-def find_registered(session: Session, token_hash: str, model: str, url: str) -> Deployment | None:
-    """The live row a server registered with TOKEN_HASH as MODEL at URL, if any (not a job's)."""
+def find_registered(session: Session, token_hash: str, model: str, url: str,
+                    job_id: str | None = None) -> Deployment | None:
+    """The live row a server registered with TOKEN_HASH as MODEL: the one of job JOB_ID (wherever it
+    listens), or without a job the one at URL; None when there is none."""
     query = select(Deployment).where(
-        Deployment.registration_token_hash == token_hash, Deployment.model == model, Deployment.url == url,
-        Deployment.job_id.is_(None), Deployment.state != "gone",
+        Deployment.registration_token_hash == token_hash, Deployment.model == model,
+        Deployment.engine == EXTERNAL, Deployment.state != "gone",
     ).order_by(Deployment.id.desc())
+    if job_id is None:
+        query = query.where(Deployment.url == url, Deployment.job_id.is_(None))
+    else:
+        query = query.where(Deployment.job_id == job_id)
     return session.scalars(query).first()
 
 
-def mark_reregistered(session: Session, row: Deployment, *, kind: str, secret: str | None, node: str | None,
-                      now: datetime) -> DeploymentRecord:
-    """A registered server announced itself again (e.g. restarted): same row, its new secret."""
-    row.kind, row.secret, row.node, row.state, row.reason = kind, secret, node or row.node, "ready", None
+def url_holder(session: Session, url: str) -> Deployment | None:
+    """The row whose server listens at URL, if any (two cannot listen at one address); a draining
+    job's server still does."""
+    query = select(Deployment).where(Deployment.url == url, Deployment.state.in_(("starting", "ready", "draining")))
+    return session.scalars(query.order_by(Deployment.id)).first()
+
+
+def mark_reregistered(session: Session, row: Deployment, *, url: str, kind: str, secret: str | None,
+                      node: str | None, now: datetime) -> DeploymentRecord:
+    """A registered server announced itself again (e.g. restarted): same row, its new URL and secret."""
+    row.url, row.kind, row.secret, row.node, row.state, row.reason = url, kind, secret, node or row.node, "ready", None
     row.updated_at = now
     session.commit()
     return to_record(row)
@@ -156,11 +170,12 @@ def mark_registered(session: Session, row: Deployment, url: str, node: str | Non
 
 def mark_deregistered(session: Session, row: Deployment, reason: str, now: datetime) -> None:
     """The server stopped taking requests: a job drains until Slurm ends it, a manual one is gone."""
-    # The supervisor marks a job gone with Slurm's final state; a hand-started server has no job.
-    # Keep why the supervisor started the drain (e.g. "handed over to #7") over the job's echo.
+    # The supervisor marks a launcher job gone with Slurm's final state; a user's server is gone
+    # at once (its job ends with it; nothing of ours drains). Keep why the supervisor started the
+    # drain (e.g. "handed over to #7") over the job's echo.
     if not (row.state == "draining" and row.reason):
         row.reason = reason
-    row.state = "draining" if row.job_id else "gone"
+    row.state = "draining" if row.job_id and row.engine != EXTERNAL else "gone"
     row.gone_at = now if row.state == "gone" else row.gone_at
     row.updated_at = now
     session.commit()

@@ -37,6 +37,7 @@ class Deployment(Base):
     ready_at: Mapped[datetime | None] = mapped_column(default=None)
     gone_at: Mapped[datetime | None] = mapped_column(default=None)
     predecessor_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    owner: Mapped[str | None] = mapped_column(String(200), default=None)  # a user's own server: who runs it
     created_at: Mapped[datetime] = mapped_column()
     updated_at: Mapped[datetime] = mapped_column()
 

@@ -36,6 +36,8 @@ class RouterSettings:
     max_response_bytes: int = 64 * 1024 * 1024
     health_interval_s: float = 10.0
     health_timeout_s: float = 5.0
+    # A server a user registered with no Slurm job the supervisor sees, failing its probes this long, is removed.
+    unbacked_down_s: float = 600.0
     retry_after_s: int = 10
     grace_period_s: float = 30.0
     registry_refresh_s: float = 1.0

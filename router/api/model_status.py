@@ -21,6 +21,7 @@ class ModelStatus:
     ready: int = 0
     expected_start: float | None = None
     reason: str = ""  # Slurm's pending reason, or why the replicas are not serving
+    served_by: str = ""  # whose own job runs the servers, when users registered them
 
 
 def model_status(backends: Sequence[Backend]) -> ModelStatus:
@@ -36,7 +37,13 @@ def model_status(backends: Sequence[Backend]) -> ModelStatus:
         reason = next((r.reason for r in pending if r.reason), "")
         return ModelStatus(PENDING, 0, min(starts) if starts else None, reason)
     down = next((b.health.reason for b in backends if b.record.state == "ready" and b.health.reason), "")
-    return ModelStatus(OFFLINE, 0, None, down)
+    return ModelStatus(OFFLINE, 0, None, down, _owners(backends))
+
+
+def _owners(backends: Sequence[Backend]) -> str:
+    """'alice's job 4242' for each server a user registered from their own job."""
+    owners = [(b.record.owner, b.record.job_id) for b in backends if b.record.owner]
+    return ", ".join(f"{who}'s job {job}" if job else f"a server of {who}" for who, job in owners)
 
 
 def epoch(moment: datetime) -> float:
@@ -69,6 +76,9 @@ def unavailable(name: str, status: ModelStatus, now: float, default_s: int, want
                    f"Try again in about {wait} s.")
     elif status.status == PENDING:
         message = f"The model {name!r} is queued in Slurm{_why(status.reason)}; " + _start(status, now)
+    elif status.served_by:  # a user's own server: its owner, not the admins, can bring it back
+        message = (f"The model {name!r} is offline: it is served by {status.served_by}, which is not answering"
+                   f"{_why(status.reason)}. Ask its owner; the service's administrators do not run it.")
     else:
         message = (f"The model {name!r} is offline: no replica is running or queued"
                    f"{_why(status.reason)}. Ask the service's administrators to start it.")

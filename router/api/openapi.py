@@ -21,8 +21,8 @@ ERROR_TEXT = {
     401: "Missing, malformed, unknown, revoked or expired credential",
     403: "The key may not use this model (or the token may not register it)",
     404: "Unknown model or path", 405: "Method not allowed on this path",
-    413: "Request body too large", 429: "A rate limit or budget of the key is used up (see Retry-After)",
-    502: "The backend failed", 503: "No ready backend for the model (see Retry-After)",
+    409: "The URL is already registered by another live server", 413: "Request body too large", 429: "A rate limit or budget of the key is used up (see Retry-After)",
+    502: "The backend failed, or rejected the router's credentials", 503: "No ready backend for the model (see Retry-After)",
     504: "The backend sent nothing for the stall timeout",
 }
 PROXIED = (400, 401, 403, 404, 413, 429, 502, 503, 504)
@@ -94,7 +94,7 @@ SCHEMAS: Schema = {
         status={"type": "string", "enum": ["ready", "loading", "offline"]})}),
     "Registration": _object(["token"], token={"type": "string", "minLength": 1}, url=STR,
                             deployment_id={"type": ["integer", "string"]}, job_id=STR, node=STR, model=STR,
-                            kind=STR, secret=STR, reason=STR),
+                            kind=STR, secret=STR, reason=STR, owner=STR),
 }
 STREAM = {"text/event-stream": {"schema": {"type": "string"}}}
 CHAT_OUT = {**_json(_ref("Completion")), **STREAM}
@@ -122,10 +122,11 @@ OPERATIONS: dict[tuple[str, str], Schema] = {
                            _responses(ANY_OUT, 401)),
     ("get", "/health"): _op("health", "The router is up (no key)", _responses(ANY_OUT), security=[]),
     ("post", "/internal/register"): _op(
-        "register", "A model server announces itself with its registration token",
-        _responses(ANY_OUT, 400, 401, 403), body=_json(_ref("Registration")), security=[]),
+        "register", "A model server announces itself with its registration token (a user's server is "
+                    "checked first: its model list, with its secret, at the URL)",
+        _responses(ANY_OUT, 400, 401, 403, 409), body=_json(_ref("Registration")), security=[]),
     ("post", "/internal/deregister"): _op(
-        "deregister", "A model server stops being routed to",
+        "deregister", "A model server stops being routed to (it names its deployment_id or job_id)",
         _responses(ANY_OUT, 400, 401, 403), body=_json(_ref("Registration")), security=[]),
     ("get", "/metrics"): _op("metrics", "Prometheus metrics (admin credential)",
                              _responses({"text/plain": {"schema": STR}}, 401), security=[{"adminToken": []}]),

@@ -48,10 +48,14 @@ class Probed(Protocol):
 
 
 def after_probe(state: HealthState, ok: bool, reason: str, now: float) -> HealthState:
-    """The state after an active probe: up when it passed, down with its reason when not."""
+    """The state after an active probe: up when it passed, down with its reason when not.
+
+    A backend that stays down for another reason (it answered, now it rejects the secret) keeps
+    its `since` but takes the new reason: the 503 a client gets says what is wrong now.
+    """
     status = UP if ok else DOWN
     if status == state.status:
-        return state
+        return state if ok or reason == state.reason else HealthState(DOWN, reason, state.since)
     return HealthState(status, "" if ok else reason, now)
 
 

@@ -27,6 +27,7 @@ NO_USAGE = Usage()
 SSE = "text/event-stream"
 CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 BROKEN = (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError)
+REJECTED = (401, 403)
 # Bodies above this go upstream in pieces under a per-piece stall deadline (smaller ones fit in socket buffers).
 PACED_BODY_BYTES = 256 * 1024
 PIECE_BYTES = 256 * 1024
@@ -118,6 +119,10 @@ class Upstream:
 
     async def _attempt(self, request: web.Request, backend: Backend, call: Call, outcome: Outcome) -> web.StreamResponse:
         upstream = await self._open(backend, call, outgoing(request.headers, self._hop_id), retry_stale=True)
+        if upstream.status in REJECTED:  # the router's own secret was refused: a broken backend, not the client's fault
+            upstream.close()
+            raise self._eject(backend, 502, f"the server of model {backend.model!r} rejected the service's "
+                                            f"credentials ({upstream.status})")
         try:
             if call.stream and upstream.status == 200 and upstream.content_type == SSE:
                 first = await self._read(upstream.content.readany(), backend)

@@ -152,9 +152,10 @@ def test_user_registers_own_server_with_admin_token_via_cli(
     done = cli(registry, "register", "--model", "my-model", "--url", backend.url, "--router", router.url, env=env)
     assert done.exit_code == 0, done.output
     assert "registered my-model" in done.output
+    deployment = done.stdout.strip()  # stdout is the id alone, for `deployment=$(llm-launch register ...)`
+    assert deployment.isdigit(), done.stdout
     assert chat(router, key, model="my-model")
-    gone = cli(registry, "register", "--model", "my-model", "--url", backend.url, "--router", router.url,
-               "--deregister", env=env)
+    gone = cli(registry, "register", "--router", router.url, "--deregister", deployment, env=env)
     assert gone.exit_code == 0, gone.output
     with session_factory(registry.engine)() as session:
         states = [r.state for r in session.scalars(select(Deployment))]
@@ -172,13 +173,15 @@ def test_admin_token_limits_are_enforced_and_nothing_is_recorded(
     cases = [("only-m", "other", 403), ("old", "m", 403), ("never-issued", "m", 401)]
     for token, model, status in cases:
         env = {"LLM_LAUNCH_REGISTRATION_TOKEN": token}
-        done = cli(registry, "register", "--model", model, "--url", "http://x:1", "--router", router.url, env=env)
+        done = cli(registry, "register", "--model", model, "--url", "http://x:1", "--router", router.url,
+                   "--no-secret", env=env)
         assert done.exit_code == 1 and f"router refused ({status})" in done.output, done.output
     assert row_count(registry) == 0
 
 
 def test_register_reports_an_unreachable_router(registry: Registry) -> None:
     env = {"LLM_LAUNCH_REGISTRATION_TOKEN": "t"}
-    done = cli(registry, "register", "--model", "m", "--url", "http://x:1", "--router", "http://127.0.0.1:9", env=env)
+    done = cli(registry, "register", "--model", "m", "--url", "http://x:1", "--router", "http://127.0.0.1:9",
+               "--no-secret", env=env)
     assert done.exit_code == 1 and "router not reachable at http://127.0.0.1:9" in done.output
     assert "Traceback" not in done.output

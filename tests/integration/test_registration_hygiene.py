@@ -18,6 +18,7 @@ from launcher.core.db import session_factory, utcnow
 from launcher.core.keys import hash_key
 from launcher.core.schema import Deployment, RegistrationToken
 from tests.conftest import Registry, RouterHandle
+from tests.fake_backend import FakeBackend
 from tests.integration.test_registration import TOKEN, post, row_count, row_of, submitted_job
 
 ADMIN_TOKEN = "rt-admin-issued"
@@ -91,18 +92,21 @@ def test_backends_add_refuses_the_routers_address_from_the_settings(registry: Re
     assert cli(registry, "backends", "add", "mine", "http://127.0.0.1:8124", config=config).exit_code == 0
 
 
-def test_the_same_registration_twice_is_one_row(registry: Registry, router: RouterHandle) -> None:
-    claim = {"token": ADMIN_TOKEN, "model": "mine", "url": "http://gpu7:20001", "secret": "s1"}
+def test_the_same_registration_twice_is_one_row(
+    registry: Registry, router: RouterHandle, make_backend: Callable[..., FakeBackend],
+) -> None:
+    server, second = make_backend(models=["mine"]), make_backend(models=["mine"])
+    claim = {"token": ADMIN_TOKEN, "model": "mine", "url": server.url, "secret": "s1"}
     first = post(router, "register", claim)
-    again = post(router, "register", {**claim, "url": "http://gpu7:20001/", "secret": "s2"})  # restarted server
+    again = post(router, "register", {**claim, "url": server.url + "/", "secret": "s2"})  # restarted server
     assert first.status_code == again.status_code == 200, again.text
     assert first.json()["deployment_id"] == again.json()["deployment_id"]
     with session_factory(registry.engine)() as session:
         rows = list(session.scalars(select(Deployment)))
-    assert [(r.url, r.secret, r.state) for r in rows] == [("http://gpu7:20001", "s2", "ready")]
-    other = post(router, "register", {**claim, "url": "http://gpu8:20001"})  # another server, same token
+    assert [(r.url, r.secret, r.state) for r in rows] == [(server.url, "s2", "ready")]
+    other = post(router, "register", {**claim, "url": second.url})  # another server, same token
     assert other.status_code == 200 and other.json()["deployment_id"] != first.json()["deployment_id"]
-    assert post(router, "deregister", claim).status_code == 200
+    assert post(router, "deregister", {**claim, "deployment_id": first.json()["deployment_id"]}).status_code == 200
     back = post(router, "register", claim)  # after deregistering, it comes back as a new row
     assert back.status_code == 200 and back.json()["deployment_id"] not in (first.json()["deployment_id"],)
 

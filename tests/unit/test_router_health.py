@@ -29,6 +29,12 @@ def test_same_result_keeps_the_same_state(status: str) -> None:
     assert after_probe(state, status == UP, "x", now=2.0) is state
 
 
+def test_down_for_another_reason_takes_it_and_keeps_since() -> None:
+    down = HealthState(DOWN, "/v1/models: connection refused", 1.0)
+    after = after_probe(down, False, "/v1/models answered 401", now=5.0)
+    assert (after.status, after.reason, after.since) == (DOWN, "/v1/models answered 401", 1.0)
+
+
 def test_failure_ejects_once() -> None:
     down = after_failure(HealthState(UP), "connect refused", now=3.0)
     assert (down.status, down.reason, down.since) == (DOWN, "connect refused", 3.0)
