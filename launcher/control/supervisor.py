@@ -108,7 +108,8 @@ class Supervisor:
             rows, targets = live_records(session), load_targets(session)
             startups = recent_startups(session, cluster.successor_lead_history)
         try:
-            jobs = self.slurm.jobs()
+            # only our jobs: on Slurm >= 23.02 squeue then prints no one else's
+            jobs = self.slurm.jobs([r.job_id for r in rows if r.job_id])
         except SlurmError as exc:
             self._report_error(str(exc))
             return PassSummary(len(rows), 0, 0, 0, self.slurm.commands_run - commands,

@@ -74,12 +74,23 @@ class SlurmClient:
     def jobs(self, job_ids: Collection[str] | None = None) -> dict[str, JobInfo]:
         """Jobs slurmctld still holds (finished ones too, for MinJobAge), in ONE squeue call.
 
-        squeue --json ignores filters on Slurm 22.05, so the filtering happens here.
+        Slurm >= 23.02 applies squeue's filters to --json: --states=all keeps the finished jobs
+        it would hide, --jobs= leaves out everyone else's (~9 KB of JSON each on 24.11).
+        22.05 ignores both in --json, so the filtering happens here too.
         """
-        jobs = self._parsed(["squeue", "--json"], parse_squeue_json)
-        if job_ids is None:
+        wanted = None if job_ids is None else {str(j) for j in job_ids}
+        argv = ["squeue", "--json", "--states=all"]
+        if wanted and all(j.isascii() and j.isdigit() for j in wanted):
+            argv.append("--jobs=" + ",".join(sorted(wanted, key=int)))
+        try:
+            jobs = self._parsed(argv, parse_squeue_json)
+        except SlurmError as exc:
+            # squeue asks for a lone job id by itself, and one slurmctld forgot is an error
+            if wanted and len(wanted) == 1 and "Invalid job id" in str(exc):
+                return {}
+            raise
+        if wanted is None:
             return jobs
-        wanted = {str(j) for j in job_ids}
         return {job_id: job for job_id, job in jobs.items() if job_id in wanted}
 
     def job(self, job_id: str) -> JobInfo | None:

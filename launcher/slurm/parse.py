@@ -1,7 +1,8 @@
 """Pure parsers for Slurm command output; no I/O, so they are tested on captured text.
 
 JSON comes in two shapes: Slurm 22.05 (openapi v0.0.38: plain ints and strings) and
-Slurm >= 23.02 (state lists, ``{"set", "infinite", "number"}`` numbers, exit-code objects).
+Slurm >= 23.02 (state lists, ``{"set", "infinite", "number"}`` numbers, exit-code objects,
+sinfo groups with reason objects). Both are tested on real output: tests/fixtures/slurm/{22.05,24.11}.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from tests.integration.slurm_fixtures import SlurmCluster, slurm_cluster  # noqa
 
 needs_pyslurm = pytest.mark.skipif(
     importlib.util.find_spec("pyslurm") is None,
-    reason="pyslurm is not importable: PyPI's pyslurm needs Slurm 25.11; this cluster runs 22.05",
+    reason="pyslurm is not importable: PyPI's pyslurm needs Slurm 25.11; the test clusters run 22.05 or 24.11",
 )
 
 
