@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from launcher.core.catalog import Catalog, CatalogEntry, CatalogError, load_catalog, resolve_catalog_path
+from launcher.core.handover_check import handover_problems, time_limits
 from launcher.cli.context import CliContext, echo_json, echo_table
 from launcher.cli.errors import cli_errors
 from launcher.cli.follow import Outcome, breakdown, follow
@@ -119,6 +120,8 @@ def up(ctx: CliContext, model: str, catalog_path: str | None, replicas: int | No
     for record in records:
         click.echo(f"submitted job {record.job_id} for {entry.name} (deployment {record.id}, pending)")
     click.echo(f"{entry.name}: {desired} replica(s) desired; launcher overhead {overhead:.2f} s")
+    for line in handover_problems(time_limits({entry.name: entry}, ctx.settings.cluster), ctx.settings.cluster):
+        click.echo(f"warning: {line}", err=True)
     if wait:
         _wait(ctx, slurm, entry, records, started, overhead, timeout_s)
 

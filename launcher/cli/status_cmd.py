@@ -18,6 +18,7 @@ from launcher.core.db import utcnow
 from launcher.core.deployments import DeploymentRecord, list_deployments
 from launcher.core.settings import Settings
 from launcher.core.targets import Target, load_targets
+from launcher.control.lead_times import start_ups
 
 HEADERS = ["id", "model", "job", "owner", "state", "node", "url", "time left", "health", "in flight", "links"]
 # The router's answer: {"deployments": [{"id": 3, "health": "healthy", "in_flight": 2}, ...]}
@@ -53,8 +54,10 @@ def _gather(obj: CliContext, show_all: bool, router_url: str) -> dict[str, Any]:
     with obj.session() as session:
         rows = list_deployments(session, include_gone=show_all)
         targets = load_targets(session)
+        cluster = obj.settings.cluster
+        within = {m: s + cluster.successor_lead_margin_s for m, s in start_ups(session, cluster).items()}
     live = fetch_router_status(router_url, obj.settings.router.admin_token)
-    return build_report(rows, targets, live, utcnow(), obj.settings.cluster.successor_late_s)
+    return build_report(rows, targets, live, utcnow(), cluster.successor_late_s, within)
 
 
 def default_router_url(settings: Settings) -> str:
@@ -82,13 +85,17 @@ def fetch_router_status(router_url: str, admin_token: str, timeout_s: float = 1.
 
 
 def build_report(rows: Sequence[DeploymentRecord], targets: Mapping[str, Target],
-                 live: Mapping[int, Mapping[str, Any]] | None, now: datetime, late_s: float = 300.0) -> dict[str, Any]:
+                 live: Mapping[int, Mapping[str, Any]] | None, now: datetime, late_s: float = 300.0,
+                 ready_within: Mapping[str, float] | None = None) -> dict[str, Any]:
     """The status as plain data (what --json prints); pure.
 
-    A successor not ready while its predecessor has less than LATE_S left is `successor_late`.
+    A successor is `successor_late` once it is not ready READY_WITHIN[model] seconds after its
+    submission (what its lead predicted); for a model without that, once its predecessor has
+    less than LATE_S left.
     """
     successors = {r.predecessor_id: r.id for r in rows if r.predecessor_id is not None}
     state_of = {r.id: r.state for r in rows}
+    by_id = {r.id: r for r in rows}
     deployments = []
     for row in rows:
         seen = (live or {}).get(row.id, {})
@@ -99,7 +106,7 @@ def build_report(rows: Sequence[DeploymentRecord], targets: Mapping[str, Target]
             "end_time": row.end_time, "time_left_s": None if left is None else max(0, int(left)),
             "health": seen.get("health"), "in_flight": seen.get("in_flight"),
             "predecessor_id": row.predecessor_id, "successor_id": successors.get(row.id),
-            **_successor(state_of.get(successors.get(row.id, -1)), left, late_s),
+            **_successor(by_id.get(successors.get(row.id, -1)), left, late_s, ready_within or {}, now),
         })
     models = []
     for target in targets.values():
@@ -109,9 +116,16 @@ def build_report(rows: Sequence[DeploymentRecord], targets: Mapping[str, Target]
     return {"router_reachable": live is not None, "deployments": deployments, "models": models}
 
 
-def _successor(state: str | None, left: float | None, late_s: float) -> dict[str, Any]:
-    waiting = state in ("pending", "starting")
-    return {"successor_state": state, "successor_late": waiting and left is not None and left < late_s}
+def _successor(row: DeploymentRecord | None, left: float | None, late_s: float,
+               ready_within: Mapping[str, float], now: datetime) -> dict[str, Any]:
+    state = row.state if row else None
+    waiting = row is not None and row.state in ("pending", "starting")
+    within = ready_within.get(row.model) if row else None
+    if waiting and row and within is not None and row.submitted_at is not None:
+        late = (now - row.submitted_at).total_seconds() > within
+    else:
+        late = waiting and left is not None and left < late_s
+    return {"successor_state": state, "successor_late": late}
 
 
 def _echo_report(report: Mapping[str, Any]) -> None:
@@ -140,6 +154,9 @@ def state_text(d: Mapping[str, Any]) -> str:
     detail = [str(d["reason"])] if d["reason"] else []
     if d["state"] == "pending" and d["expected_start"]:
         detail.append(f"start ~{d['expected_start']:%H:%M:%S} UTC")
+    if d["state"] == "pending" and d.get("predecessor_id"):
+        start = f"expected start {d['expected_start']:%H:%M:%S} UTC" if d["expected_start"] else "no expected start yet"
+        return f"pending: replacement queued in Slurm (reason {d['reason'] or '-'}, {start})"
     return f"{text} ({', '.join(detail)})" if detail else text
 
 

@@ -22,7 +22,7 @@ from launcher.core.keys import hash_key
 from launcher.core.schema import Deployment
 from launcher.core.deployments import DeploymentError, DeploymentRecord, mark_draining, mark_gone
 from launcher.core.deployments import record_submitted, to_record
-from launcher.slurm.render import JobSecrets, JobSpec, render_script
+from launcher.slurm.render import DRAIN_SIGNAL, JobSecrets, JobSpec, render_script
 from launcher.core.settings import ClusterSettings
 from launcher.slurm.client import SlurmClient
 
@@ -89,7 +89,7 @@ def stop_deployments(
 ) -> list[DeploymentRecord]:
     """Stop routing to deployments, let in-flight requests finish (unless IMMEDIATE), end their jobs.
 
-    A serving job gets USR1 and drains itself (deregister, finish requests, stop the server);
+    A serving job gets DRAIN_SIGNAL (USR2) and drains itself (deregister, finish requests, stop the server);
     one not yet serving, or every one when IMMEDIATE, or any still running after TIMEOUT_S, is
     scancelled. Rows end `gone` with the job's final Slurm state.
     """
@@ -103,13 +103,13 @@ def stop_deployments(
 
 
 def _signal(slurm: SlurmClient, row: Deployment, immediate: bool, progress: Progress) -> bool:
-    """Ask the job to end: USR1 (drain) when it serves, scancel otherwise; True when drained."""
+    """Ask the job to end: DRAIN_SIGNAL (drain) when it serves, scancel otherwise; True when drained."""
     assert row.job_id is not None
     if immediate or row.ready_at is None:
         slurm.cancel(row.job_id)
         progress(f"job {row.job_id} ({row.model}): cancelled")
         return False
-    slurm.cancel(row.job_id, signal="USR1", batch_only=True)
+    slurm.cancel(row.job_id, signal=DRAIN_SIGNAL, batch_only=True)
     progress(f"job {row.job_id} ({row.model}): draining; requests in flight finish first")
     return True
 

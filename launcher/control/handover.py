@@ -1,7 +1,8 @@
 """Successors before a job's time limit, and the drain once they serve (pure; reconcile calls it).
 
 A ready job whose time left falls under its model's lead time gets a successor; the successor
-takes the old replica's place in the replica count, and once it is ready the old one drains.
+takes the old replica's place in the replica count, and once it is ready the old one drains. A
+job whose successor is not ready keeps serving until its last safe moment, then drains anyway.
 Times are naive UTC, like the registry.
 """
 
@@ -9,16 +10,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from launcher.core.maintenance import Window, allowed_seconds, describe, slurm_minutes
 from launcher.core.deployments import DeploymentRecord
+from launcher.core.handover_check import MIN_SERVE_SHARE
 
 
 @dataclass(frozen=True)
 class Drain:
-    """Signal a ready job to drain (USR1 to its batch shell), once its row says draining."""
+    """Signal a ready job to drain (render.DRAIN_SIGNAL to its batch shell), once its row says draining."""
 
     deployment_id: int
     job_id: str
@@ -34,19 +36,43 @@ class Handover:
     late_s: float = 300.0
     windows: tuple[Window, ...] = ()
     time_limit_s: Mapping[str, float] | None = None  # per model: the --time its jobs get
+    # per model: the submit-to-ready time the lead counted on (start-up + margin); a successor
+    # not ready by then is LATE
+    ready_within_s: Mapping[str, float] = field(default_factory=dict)
+    last_safe_s: float = 0.0  # a ready job with less time left drains, successor or not (0: never)
 
     def lead(self, model: str) -> float:
         """Seconds before a job's end at which its successor is submitted."""
         return self.lead_s.get(model, self.default_lead_s)
+
+    def due_at(self, dep: DeploymentRecord) -> datetime | None:
+        """When DEP's successor is due: a lead before its end, once it served MIN_SERVE_SHARE of its limit.
+
+        The second rule plans a late successor's own successor from its end, not at once.
+        """
+        if dep.end_time is None:
+            return None
+        due = dep.end_time - timedelta(seconds=self.lead(dep.model))
+        limit = (self.time_limit_s or {}).get(dep.model)
+        if limit and dep.ready_at is not None:
+            due = max(due, dep.ready_at + timedelta(seconds=limit * MIN_SERVE_SHARE))
+        return due
 
 
 def lead_time_s(startups: Sequence[float], floor_s: float, margin_s: float, percentile: float) -> float:
     """The PERCENTILE of observed submit-to-ready times plus MARGIN_S, never under FLOOR_S."""
     if not startups:
         return floor_s
+    return max(floor_s, start_up_s(startups, percentile) + margin_s)
+
+
+def start_up_s(startups: Sequence[float], percentile: float) -> float:
+    """The PERCENTILE (nearest rank) of observed submit-to-ready times; 0 when none was seen."""
+    if not startups:
+        return 0.0
     ordered = sorted(startups)
-    rank = max(1, math.ceil(percentile / 100 * len(ordered)))  # nearest rank
-    return max(floor_s, ordered[min(rank, len(ordered)) - 1] + margin_s)
+    rank = max(1, math.ceil(percentile / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
 
 
 def startup_times(rows: Iterable[tuple[str, datetime, datetime]], per_model: int) -> dict[str, list[float]]:
@@ -66,11 +92,11 @@ def time_left(dep: DeploymentRecord, now: datetime) -> float | None:
 
 def expiring(live: Sequence[DeploymentRecord], states: Mapping[int, str], handover: Handover,
              now: datetime) -> list[DeploymentRecord]:
-    """Ready jobs (without a successor) inside their lead time, soonest end first."""
+    """Ready jobs (without a successor) whose successor is due, soonest end first."""
     due = []
     for dep in live:
-        left = time_left(dep, now)
-        if states[dep.id] == "ready" and dep.job_id and left is not None and left < handover.lead(dep.model):
+        when = handover.due_at(dep)
+        if states[dep.id] == "ready" and dep.job_id and when is not None and now >= when:
             due.append(dep)
     return sorted(due, key=lambda d: d.end_time or now)
 
@@ -105,18 +131,35 @@ def drains(deployments: Sequence[DeploymentRecord], states: Mapping[int, str]) -
     return found
 
 
+def last_safe(deployments: Sequence[DeploymentRecord], states: Mapping[int, str], handover: Handover,
+              now: datetime) -> list[DeploymentRecord]:
+    """Ready jobs at their last safe moment: what the router still admits needs all the time left."""
+    if handover.last_safe_s <= 0:
+        return []
+    return [d for d in deployments if states[d.id] == "ready" and d.job_id
+            and (left := time_left(d, now)) is not None and left < handover.last_safe_s]
+
+
+def is_late(dep: DeploymentRecord, handover: Handover, now: datetime) -> bool:
+    """Whether a waiting successor is later than its lead predicted (its start-up plus the margin)."""
+    within = handover.ready_within_s.get(dep.model)
+    if within is None or dep.submitted_at is None:
+        return False
+    return (now - dep.submitted_at).total_seconds() > within
+
+
 def late_successors(deployments: Sequence[DeploymentRecord], states: Mapping[int, str], handover: Handover,
                     now: datetime) -> list[str]:
-    """Messages about successors not ready while their predecessor's end is near (stable text: logged once)."""
+    """Messages about successors later than their lead predicted (stable text: logged once)."""
     by_id = {d.id: d for d in deployments}
     notes = []
     for dep in deployments:
-        old = by_id.get(dep.predecessor_id) if dep.predecessor_id is not None else None
-        if old is None or states[dep.id] not in ("pending", "starting") or states[old.id] not in ("ready", "draining"):
+        if dep.predecessor_id is None or states[dep.id] not in ("pending", "starting") or not is_late(dep, handover, now):
             continue
-        left = time_left(old, now)
-        if left is not None and left < handover.late_s and old.end_time is not None:
-            why = f"Slurm: {dep.reason}" if dep.state == "pending" and dep.reason else "not ready yet"
-            notes.append(f"{dep.model}: successor #{dep.id} (job {dep.job_id}) is still {states[dep.id]} ({why}); "
-                         f"#{old.id} (job {old.job_id}) ends at {old.end_time:%H:%M:%S} UTC")
+        old = by_id.get(dep.predecessor_id)
+        why = f"Slurm: {dep.reason}" if dep.state == "pending" and dep.reason else "not ready yet"
+        end = (f"#{old.id} (job {old.job_id}) ends at {old.end_time:%H:%M:%S} UTC"
+               if old is not None and old.end_time is not None else "its predecessor has ended")
+        notes.append(f"{dep.model}: successor #{dep.id} (job {dep.job_id}) is still {states[dep.id]} ({why}), "
+                     f"later than its lead predicted; {end}")
     return notes

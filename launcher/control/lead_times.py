@@ -8,8 +8,9 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from launcher.core.catalog import Catalog, time_limit_seconds
-from launcher.control.handover import Handover, lead_time_s, startup_times
+from launcher.core.catalog import Catalog
+from launcher.control.handover import Handover, start_up_s, startup_times
+from launcher.core.handover_check import last_safe_s, successor_lead_s, time_limits
 from launcher.core.maintenance import Window
 from launcher.core.schema import Deployment
 from launcher.core.settings import ClusterSettings
@@ -27,31 +28,27 @@ def recent_startups(session: Session, per_model: int) -> dict[str, list[float]]:
     return startup_times(((m, s, r) for m, s, r in session.execute(query) if s and r), per_model)
 
 
-def time_limits(catalog: Catalog, cluster: ClusterSettings) -> dict[str, float]:
-    """The --time (seconds) each catalog model's jobs get."""
-    limits = {}
-    for name, entry in catalog.entries.items():
-        try:
-            limits[name] = float(time_limit_seconds(entry.time or cluster.default_time))
-        except ValueError:
-            continue  # rendering reports the bad value when a job is submitted
-    return limits
-
-
 def handover_policy(catalog: Catalog, cluster: ClusterSettings, startups: Mapping[str, Sequence[float]],
                     windows: tuple[Window, ...] = ()) -> Handover:
-    """Per model: lead = slow recent start-up + margin (>= floor), at most 3/4 of the job's time limit.
+    """Per model: the lead from its learned start-up (handover_check.successor_lead_s), and the last safe moment.
 
-    The cap keeps a job whose limit is shorter than the lead from being replaced as soon as it
-    is ready, over and over: each job serves at least a quarter of its limit.
+    The lead is not capped by the time limit: Handover.due_at lets each job serve a share of its
+    limit first, and `handover_problems` says when a limit is too short for the lead.
     """
-    limits = time_limits(catalog, cluster)
-    floor, margin, pct = cluster.successor_lead_floor_s, cluster.successor_lead_margin_s, cluster.successor_lead_percentile
-    leads = {}
+    limits = time_limits(catalog.entries, cluster)
+    leads, within = {}, {}
     for model in catalog.entries:
-        lead = lead_time_s(startups.get(model, ()), floor, margin, pct)
-        leads[model] = min(lead, limits[model] * 0.75) if model in limits else lead
-    return Handover(leads, floor, cluster.successor_late_s, windows, limits)
+        start = start_up_s(startups.get(model, ()), cluster.successor_lead_percentile)
+        leads[model] = successor_lead_s(cluster, start)
+        within[model] = start + cluster.successor_lead_margin_s
+    return Handover(leads, successor_lead_s(cluster, 0.0), cluster.successor_late_s, windows, limits,
+                    ready_within_s=within, last_safe_s=last_safe_s(cluster))
+
+
+def start_ups(session: Session, cluster: ClusterSettings) -> dict[str, float]:
+    """Each model's learned start-up (the percentile of its recent submit-to-ready times)."""
+    recent = recent_startups(session, cluster.successor_lead_history)
+    return {model: start_up_s(times, cluster.successor_lead_percentile) for model, times in recent.items()}
 
 
 def windows_at(windows: Sequence[Window], now: datetime) -> tuple[Window, ...]:

@@ -59,20 +59,25 @@ def reconcile(
         updates = [u for u in updates if u.deployment_id not in dropped] if dropped else updates
         updates += [gone_update(dep, why, now) for dep, why in surplus]
         cancels += [Cancel(dep.id, dep.job_id or "", why) for dep, why in surplus]
-    drain_updates, drains = _drains(deployments, states, targets, policy)
+    drain_updates, drains = _drains(deployments, states, targets, policy, now)
     updates += drain_updates
     return Plan(tuple(updates), tuple(cancels), tuple(submissions), tuple(new_targets.values()),
                 tuple(drains), tuple(notes))
 
 
 def _drains(deployments: Sequence[DeploymentRecord], states: Mapping[int, str], targets: Mapping[str, Target],
-            policy: Policy) -> tuple[list[RowUpdate], list[Drain]]:
-    """Predecessors whose successor serves, and on-demand replicas no longer wanted: draining."""
+            policy: Policy, now: datetime) -> tuple[list[RowUpdate], list[Drain]]:
+    """Predecessors whose successor serves, jobs at their last safe moment, on-demand replicas no
+    longer wanted: draining."""
     chosen = [(old, f"handed over to #{new_id}") for old, new_id in ho.drains(deployments, states)]
+    handed = {old.id for old, _ in chosen}
+    chosen += [(d, f"last safe moment: {policy.handover.last_safe_s:g} s before its time limit")
+               for d in ho.last_safe(deployments, states, policy.handover, now) if d.id not in handed]
     idle = {m for m, t in targets.items() if t.desired_replicas == 0 and m in policy.on_demand}
-    # A user's own job is theirs: never signalled.
+    handed |= {d.id for d, _ in chosen}
     chosen += [(d, "idle: on-demand model no longer wanted") for d in deployments
-               if d.model in idle and d.job_id and d.engine != EXTERNAL and states[d.id] == "ready"]
+               if d.model in idle and d.job_id and states[d.id] == "ready" and d.id not in handed]
+    chosen = [(d, why) for d, why in chosen if d.engine != EXTERNAL]  # a user's own job is theirs: never signalled
     updates = []
     for dep, why in chosen:
         changes = {"state": "draining", "reason": why}
@@ -155,10 +160,12 @@ def _scale(
     desired = target.desired_replicas
     missing = desired - len(live)
     # Nor does one inside its lead time: it gets a successor (when the count wants it).
-    due = ho.expiring(live, states, policy.handover, now) if missing >= 0 else []
+    # Users' own jobs (registered by hand) count as replicas but are never replaced or cancelled.
+    ours = [d for d in live if d.engine != EXTERNAL]
+    due = ho.expiring(ours, states, policy.handover, now) if missing >= 0 else []
     missing += len(due)
     if missing < 0:
-        waiting = sorted((d for d in live if states[d.id] != "ready"), key=lambda d: d.id, reverse=True)
+        waiting = sorted((d for d in ours if states[d.id] != "ready"), key=lambda d: d.id, reverse=True)
         why = f"surplus: {target.model} wants {desired} replica(s)"
         return [], [(d, why) for d in waiting[:-missing]], None
     if missing == 0 or (target.next_attempt_at and now < target.next_attempt_at):

@@ -23,6 +23,7 @@ from launcher.core.schema import Deployment
 from launcher.control.deploy import submit_deployment
 from launcher.control.handover import Handover
 from launcher.control.lead_times import handover_policy, recent_startups, windows_at
+from launcher.core.handover_check import handover_problems, time_limits
 from launcher.core.maintenance import Window, parse_windows
 from launcher.control.plan import Plan, Policy, Submission
 from launcher.control.reconcile import reconcile, record_failure
@@ -30,6 +31,7 @@ from launcher.core.deployments import DeploymentRecord, compare_and_set
 from launcher.core.targets import Target, TargetUpdate, load_targets, save_target
 from launcher.core.settings import ClusterSettings, Settings
 from launcher.slurm.client import SlurmClient, SlurmError
+from launcher.slurm.render import DRAIN_SIGNAL
 
 LOG = logging.getLogger("llm_launch.supervisor")
 _BUSY_RETRIES = 5
@@ -97,6 +99,10 @@ class Supervisor:
     _reservations: tuple[Window, ...] = field(default=(), repr=False)
     _reservations_read: float = field(default=-1e9, repr=False)
 
+    def __post_init__(self) -> None:
+        for line in handover_problems(time_limits(self.catalog.entries, self.settings.cluster), self.settings.cluster):
+            LOG.warning("%s", line)
+
     def run_once(self, now: datetime | None = None) -> PassSummary:
         """One pass: exactly one Slurm query, one write transaction, then cancels and submissions."""
         wall, cpu, commands = time.perf_counter(), time.process_time(), self.slurm.commands_run
@@ -156,12 +162,12 @@ class Supervisor:
         return done
 
     def _drain(self, plan: Plan, applied: set[int]) -> None:
-        """USR1 to the batch shell of each job now marked draining: it deregisters, finishes, exits 0."""
+        """DRAIN_SIGNAL to the batch shell of each job now marked draining: it deregisters, finishes, exits 0."""
         for drain in plan.drains:
             if drain.deployment_id not in applied:
                 continue
             try:
-                self.slurm.cancel(drain.job_id, signal="USR1", batch_only=True)
+                self.slurm.cancel(drain.job_id, signal=DRAIN_SIGNAL, batch_only=True)
             except SlurmError as exc:
                 LOG.error("drain of job %s (%s) failed: %s", drain.job_id, drain.reason, exc)
 

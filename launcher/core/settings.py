@@ -90,15 +90,22 @@ class ClusterSettings:
     max_quick_failures: int = 3
     backoff_base_s: float = 30.0
     backoff_max_s: float = 900.0
+    # Slurm's warning (#SBATCH --signal=B:USR1@signal_lead_s, sent up to 60 s early): the job
+    # logs it and keeps serving; the supervisor drains it once its successor serves, or at the
+    # last safe moment (drain_threshold_s + 10 s before its end), whichever comes first.
     signal_lead_s: int = 120
-    # Successors: a ready job's successor is submitted when its time left falls under the lead
-    # time: the slowest recent submit-to-ready time of the model (the successor_lead_percentile
-    # of its last successor_lead_history jobs) plus the margin, never under the floor.
-    successor_lead_floor_s: float = 600.0
+    # Successors: a ready job's successor is submitted successor lead seconds before its end:
+    # signal_lead_s + Slurm's 60 s signal resolution + the model's start-up (the
+    # successor_lead_percentile of its last successor_lead_history submit-to-ready times, queue
+    # waits included) + the margin, never under the floor (0: none); and not before the job has
+    # served a quarter of its time limit.
+    successor_lead_floor_s: float = 0.0
     successor_lead_margin_s: float = 120.0
     successor_lead_percentile: float = 90.0
     successor_lead_history: int = 20
-    # A successor not ready when its predecessor has this little time left is reported.
+    # A successor still waiting when its predecessor has this little time left is reported
+    # (router metric); `status` and the supervisor call a successor LATE once it is not ready
+    # when its learned start-up (plus the margin) predicted.
     successor_late_s: float = 300.0
     # Routing near a job's end: no new request to a replica with less time left than
     # drain_threshold_s, nor one whose worst case (max_tokens at the model's measured decode

@@ -20,6 +20,8 @@ MASK = "****"
 # Seconds a draining job keeps serving after it deregistered: the router refreshes every second,
 # so requests it sent just before it noticed still arrive.
 DRAIN_SETTLE_S = 3
+# What the supervisor and `llm-launch down` send a serving job to drain it; USR1 is Slurm's warning.
+DRAIN_SIGNAL = "USR2"
 _PLACEHOLDER = re.compile(r"\{(port|host|weights|served_name)\}")
 
 
@@ -108,7 +110,7 @@ def _context(entry: CatalogEntry, cluster: ClusterSettings, secrets: JobSecrets,
         "router_url": cluster.router_url.rstrip("/"),
         "env": sorted(entry.env.items()), "port_range": (lo, hi),
         "start_deadline": entry.start_deadline or cluster.start_deadline_s,
-        "drain_settle_s": DRAIN_SETTLE_S, "served_names": _served_names(entry),
+        "drain_settle_s": DRAIN_SETTLE_S, "drain_signal": DRAIN_SIGNAL, "served_names": _served_names(entry),
         "python": "python" if engine_env.setup or engine_env.prefix else spec.python,
         "command_line": _command_line(entry),
     }

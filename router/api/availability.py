@@ -20,6 +20,7 @@ from aiohttp import web
 from sqlalchemy import Engine
 
 from launcher.core.db import session_factory, utcnow
+from launcher.core.handover_check import handover_problems, time_limits
 from launcher.core.maintenance import Window, active, describe, horizon, iso, parse_windows, retry_after_s
 from launcher.core.targets import set_desired_replicas
 from router.errors import RouterError
@@ -78,6 +79,8 @@ def availability_for(state: RouterState) -> Availability:
 def add_routes(app: web.Application) -> None:
     """Install availability on the app (no routes of its own)."""
     state = app[STATE]
+    for line in handover_problems(time_limits(state.names.entries, state.settings.cluster), state.settings.cluster):
+        LOG.warning("%s", line)
     availability = availability_for(state)
     app[AVAILABILITY] = availability
     state.observers.append(availability.observe)

@@ -31,16 +31,18 @@ class HandoverCollector(Collector):
         left = GaugeMetricFamily("llm_router_backend_seconds_left", "Seconds until the backend's Slurm job ends",
                                  labels=["backend", "model"])
         late = GaugeMetricFamily("llm_router_successor_late", "1 per successor not ready while its predecessor "
-                                 "has less than successor_late_s left", labels=["model", "deployment", "state", "reason"])
+                                 "has less than successor_late_s left or has ended", labels=["model", "deployment", "state", "reason"])
         records = {b.record.id: b.record for b in self.state.view.snapshot.backends.values()}
         for backend in self.state.view.snapshot.backends.values():
             if backend.end_at != NO_END and backend.record.state in ("ready", "draining"):
                 left.add_metric([str(backend.record.id), backend.model], max(0.0, backend.end_at - now))
         for record in records.values():
-            old = records.get(record.predecessor_id) if record.predecessor_id is not None else None
-            if old is None or record.state not in WAITING or old.end_time is None:
+            if record.predecessor_id is None or record.state not in WAITING:
                 continue
-            if end_epoch(old.end_time) - now < self.late_s:
+            old = records.get(record.predecessor_id)
+            # a predecessor no longer listed has ended: its successor is as late as can be
+            ending = old is None or (old.end_time is not None and end_epoch(old.end_time) - now < self.late_s)
+            if ending:
                 late.add_metric([record.model, str(record.id), record.state, record.reason or ""], 1)
         yield left
         yield late

@@ -38,7 +38,7 @@ def _status_fields(status: ModelStatus) -> dict[str, Any]:
     return {
         "status": status.status,
         "expected_start": iso(start) if pending and start is not None else None,
-        "status_reason": status.reason or None,
+        "status_reason": status.replacement or status.reason or None,
     }
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Sequence
 
 from router.errors import RouterError
+from launcher.core.deployments import DeploymentRecord
 from router.upstream.snapshot import Backend
 
 READY, LOADING, PENDING, OFFLINE = "ready", "loading", "pending", "offline"
@@ -22,28 +23,39 @@ class ModelStatus:
     expected_start: float | None = None
     reason: str = ""  # Slurm's pending reason, or why the replicas are not serving
     served_by: str = ""  # whose own job runs the servers, when users registered them
+    replacement: str = ""  # "replacement queued in Slurm (...)" while a successor job is pending
 
 
 def model_status(backends: Sequence[Backend]) -> ModelStatus:
     """Ready when a replica can serve; else loading (a job runs), pending (queued), offline."""
     ready = sum(1 for b in backends if b.routable)
+    replacement = _replacement([b.record for b in backends if b.record.state == "pending" and b.record.predecessor_id])
     if ready:
-        return ModelStatus(READY, ready)
+        return ModelStatus(READY, ready, replacement=replacement)
     if any(b.record.state == "starting" for b in backends):
         return ModelStatus(LOADING)
     pending = [b.record for b in backends if b.record.state == "pending"]
     if pending:
         starts = [epoch(r.expected_start) for r in pending if r.expected_start is not None]
         reason = next((r.reason for r in pending if r.reason), "")
-        return ModelStatus(PENDING, 0, min(starts) if starts else None, reason)
+        return ModelStatus(PENDING, 0, min(starts) if starts else None, reason, replacement=replacement)
     down = next((b.health.reason for b in backends if b.record.state == "ready" and b.health.reason), "")
-    return ModelStatus(OFFLINE, 0, None, down, _owners(backends))
+    return ModelStatus(OFFLINE, 0, None, down, served_by=_owners(backends))
 
 
 def _owners(backends: Sequence[Backend]) -> str:
     """'alice's job 4242' for each server a user registered from their own job."""
     owners = [(b.record.owner, b.record.job_id) for b in backends if b.record.owner]
     return ", ".join(f"{who}'s job {job}" if job else f"a server of {who}" for who, job in owners)
+
+
+def _replacement(pending: Sequence[DeploymentRecord]) -> str:
+    """What clients are told about a successor that Slurm keeps waiting ("" when none waits)."""
+    if not pending:
+        return ""
+    first = min(pending, key=lambda r: r.id)
+    start = f"expected start {iso(epoch(first.expected_start))}" if first.expected_start else "no expected start yet"
+    return f"replacement queued in Slurm (reason {first.reason or 'unknown'}, {start})"
 
 
 def epoch(moment: datetime) -> float:
@@ -74,6 +86,9 @@ def unavailable(name: str, status: ModelStatus, now: float, default_s: int, want
     if status.status == LOADING:
         message = (f"The model {name!r} is loading: its job is running and the server is not ready yet. "
                    f"Try again in about {wait} s.")
+    elif status.status == PENDING and status.replacement:
+        message = (f"The model {name!r} has no replica serving right now: its job reached the end of its time "
+                   f"limit; {status.replacement}. " + _start(status, now))
     elif status.status == PENDING:
         message = f"The model {name!r} is queued in Slurm{_why(status.reason)}; " + _start(status, now)
     elif status.served_by:  # a user's own server: its owner, not the admins, can bring it back

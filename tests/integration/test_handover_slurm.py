@@ -1,10 +1,13 @@
-"""Zero downtime across job ends, on the real local Slurm: successors, drain, `down`, failing successors, on demand.
+"""Zero downtime across job ends, on the real local Slurm: successors, drain, `down`, failing successors,
+a successor Slurm keeps pending, on demand.
 
-One registry, one router and one supervisor serve four models of the `command` engine, each
+One registry, one router and one supervisor serve five models of the `command` engine, each
 running the fake backend from this checkout, on a private one-node cluster (other tests' jobs
-must not hold its four fake GPUs). The scenarios that need a job to reach its time limit run
-side by side (`flaky` starts before the handover test and is checked after it), and at most
-four jobs run at once.
+must not hold its four fake GPUs). The handover settings are the defaults (signal_lead_s 120,
+drain_threshold_s 60, the computed lead), so the time limits are a few minutes: long enough to
+hold a handover. The scenarios that need a job to reach its time limit run side by side
+(`flaky` starts before the handover test and is checked after it), and at most four jobs run
+at once.
 """
 
 from __future__ import annotations
@@ -61,11 +64,14 @@ def _entry(line: str, time_limit: str, extra: str = "") -> str:
 def _catalog(folder: Path) -> Path:
     mark = shlex.quote(str(folder / "flaky-started"))
     models = {
-        "fake": _entry(f"exec {SERVER}", "2"),
+        # 6 minutes: with the defaults a successor is due once a job served a quarter of its limit
+        "fake": _entry(f"exec {SERVER}", "6"),
         # the first job serves; every later one fails at once (a successor that cannot start)
-        "flaky": _entry(f"if [ -e {mark} ]; then exit 3; fi; touch {mark}; exec {SERVER}", "2"),
-        "pair": _entry(f"exec {SERVER}", "5"),
-        "lazy": _entry(f"exec {SERVER}", "5", "on_demand = true\n"),
+        "flaky": _entry(f"if [ -e {mark} ]; then exit 3; fi; touch {mark}; exec {SERVER}", "6"),
+        "pair": _entry(f"exec {SERVER}", "10"),
+        "lazy": _entry(f"exec {SERVER}", "10", "on_demand = true\n"),
+        # too short for a handover with the defaults: its successor is submitted 45 s after it is ready
+        "stuck": _entry(f"exec {SERVER}", "3"),
     }
     path = folder / "catalog.toml"
     path.write_text("".join(f"[models.{name}]\n{body}\n" for name, body in models.items()))
@@ -149,8 +155,7 @@ def stack(private_cluster: SlurmCluster, servers: LoopThread, tmp_path_factory: 
     engine = open_engine(f"sqlite:///{db}")
     cluster = dataclasses.replace(
         ClusterSettings(), catalog=str(_catalog(folder)), router_url=f"http://127.0.0.1:{port}", log_dir=str(folder),
-        reconcile_interval_s=0.5, successor_lead_floor_s=90, successor_lead_margin_s=5, successor_late_s=60,
-        signal_lead_s=10, drain_threshold_s=10, max_request_duration_s=60, backoff_base_s=3, max_quick_failures=3,
+        reconcile_interval_s=0.5, backoff_base_s=3, max_quick_failures=3,  # the handover settings: defaults
         **SMALL_JOBS)
     router = RouterSettings(registry_refresh_s=0.2, accounting=False, request_log=False, on_demand_wait_s=45,
                             on_demand_idle_s=6, grace_period_s=1)
@@ -176,7 +181,7 @@ def stack(private_cluster: SlurmCluster, servers: LoopThread, tmp_path_factory: 
     finally:
         stop.set()
         loop.join(30)
-        for model in ("fake", "flaky", "pair", "lazy"):
+        for model in ("fake", "flaky", "pair", "lazy", "stuck"):
             made.stop(model)
         servers.run(runner.cleanup())
         engine.dispose()
@@ -301,8 +306,8 @@ def test_three_handovers_under_load_lose_no_request(stack: Stack, flaky: Load) -
     wait_for(lambda: stack.ready("fake"), 60, "the first replica")
     load = Load(stack.client(), "fake").start()
     try:
-        # a successor starts 90 s before each 2-minute limit; the old job drains once it is ready
-        wait_for(lambda: [r.state for r in stack.rows("fake")][:4] == ["gone"] * 3 + ["ready"], 200, "three handovers")
+        # each job serves a quarter of its 6-minute limit, then its successor starts; it drains once that is ready
+        wait_for(lambda: [r.state for r in stack.rows("fake")][:4] == ["gone"] * 3 + ["ready"], 420, "three handovers")
         time.sleep(2)
     finally:
         load.stop()
@@ -326,14 +331,17 @@ def _overlap(old: JobInfo, new: JobInfo) -> float:
 
 def test_successor_that_fails_leaves_the_old_job_serving_until_its_end(stack: Stack, flaky: Load) -> None:
     old = stack.rows("flaky")[0]
-    wait_for(lambda: getattr(stack.target("flaky"), "stopped_reason", None), 120, "the supervisor to give up on successors")
+    wait_for(lambda: getattr(stack.target("flaky"), "stopped_reason", None), 240, "the supervisor to give up on successors")
     status = stack.cli("status", "--router", "http://127.0.0.1:9")
     line = next(text for text in status.splitlines() if text.startswith("flaky: "))
     assert "STOPPED: stopped after 3 quick failures" in line and "FAILED (exit code 3)" in line
-    wait_for(lambda: stack.rows("flaky")[0].state == "gone", 150, "the old job's end")
+    wait_for(lambda: stack.rows("flaky")[0].state == "gone", 300, "the old job's end")
     time.sleep(1)
     flaky.stop()
-    assert stack.job(old).state == "COMPLETED"  # it drained itself on Slurm's end-of-job signal
+    assert stack.job(old).state == "COMPLETED"  # drained at its last safe moment, not killed at the limit
+    # Slurm's warning came first and changed nothing: the job kept serving until the supervisor drained it
+    log = _job_log(stack, old)
+    assert log.index("time limit near (Slurm's USR1)") < log.index("drain requested"), log[-1500:]
     served = [t for t, text in flaky.outcomes if text == "ok"]
     refused = [(t, text) for t, text in flaky.outcomes if text != "ok"]
     assert len(served) > 20 and refused and max(served) < min(t for t, _ in refused)  # served to its end
@@ -345,3 +353,55 @@ def test_successor_that_fails_leaves_the_old_job_serving_until_its_end(stack: St
 
 def _exactly(rows: list[Deployment], count: int) -> list[Deployment] | None:
     return rows if len(rows) == count else None
+
+
+def _sbatch_sleep(cluster: SlurmCluster, gpus: int) -> str:
+    """A plain job holding GPUS fake GPUs for a while (another user's job)."""
+    argv = ["sbatch", "--parsable", f"--gres=gpu:{gpus}", "--mem=100M", "--time=10", "--job-name=other-user",
+            "--output=/dev/null", "--wrap", "sleep 600"]
+    return subprocess.run(argv, env=cluster.env, capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+
+
+def _job_log(stack: Stack, row: Deployment) -> str:
+    return (Path(stack.supervisor.settings.cluster.log_dir) / f"{row.model}-{row.job_id}.out").read_text()
+
+
+# --- phase 3: a successor Slurm keeps pending (another job holds the free GPUs) ---
+
+def test_pending_successor_old_replica_serves_to_its_last_safe_moment_then_a_clean_503(
+        stack: Stack, private_cluster: SlurmCluster) -> None:
+    stack.want("stuck", 1)
+    (old,) = wait_for(lambda: stack.ready("stuck"), 60, "the first stuck replica")
+    # other users: one holds the three other GPUs, one queued ahead of the successor takes the old job's GPU
+    blockers = [_sbatch_sleep(private_cluster, 3), _sbatch_sleep(private_cluster, 1)]
+    load = Load(stack.client(), "stuck", workers=2, pause_s=0.5).start()
+    try:
+        # too short for a lead: its successor is submitted after a quarter of the limit, and stays pending
+        new = wait_for(lambda: next((r for r in stack.rows("stuck") if r.predecessor_id == old.id
+                                     and r.state == "pending" and r.reason), None), 120, "a pending successor")
+        listed = stack.client().models.list().model_dump()["data"]
+        entry = next(m for m in listed if m["id"] == "stuck")
+        assert entry["status"] == "ready" and entry["status_reason"].startswith("replacement queued in Slurm (reason ")
+        status = stack.cli("status", "--router", "http://127.0.0.1:9")
+        assert "pending: replacement queued in Slurm (reason " in status, status
+        wait_for(lambda: stack.rows("stuck")[0].state == "gone", 200, "the old job's last safe moment")
+        time.sleep(6)
+    finally:
+        load.stop()
+        subprocess.run(["scancel", *blockers], env=private_cluster.env, check=False, timeout=30)
+    gone = stack.rows("stuck")[0]
+    job = stack.job(gone)
+    assert job.state == "COMPLETED" and job.end_time and job.start_time  # drained, not killed at the limit
+    assert 60 <= (job.start_time + timedelta(minutes=3) - job.end_time).total_seconds() <= 90  # its last safe moment
+    served = [t for t, text in load.outcomes if text == "ok"]
+    refused = [(t, text) for t, text in load.outcomes if text != "ok"]
+    print(f"\npending successor #{new.id}: {len(served)} served until the old job's last safe moment, then "
+          f"{len(refused)} refused; first refusal: {refused[0][1] if refused else '-'}")
+    # served to the last safe moment, refused after it (a 2 s stream begun before it may end just after)
+    assert len(served) > 50 and refused and max(served) < min(t for t, _ in refused) + CHUNKS * 0.05 + 1
+    assert all("503" in text and "replacement queued in Slurm (reason" in text for _, text in refused), refused[:3]
+    # once the other job is gone the replacement starts and serves
+    wait_for(lambda: stack.ready("stuck"), 90, "the replacement to serve")
+    answer = stack.client().chat.completions.create(model="stuck", messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content
+    stack.stop("stuck")

@@ -54,7 +54,8 @@ def test_table_shows_slurm_reason_time_left_links_and_stopped_models(db: Path) -
     pending = next(line for line in out.splitlines() if " 42 " in line)
     assert "ready" in ready and "gpu01" in ready and "http://gpu01:20001" in ready and "next #2" in ready
     assert "2h29m" in ready or "2h30m" in ready
-    assert "pending (Priority, start ~13:05:00 UTC)" in pending and "after #1" in pending
+    assert "pending: replacement queued in Slurm (reason Priority, expected start 13:05:00 UTC)" in pending
+    assert "after #1" in pending
     assert "qwen: 1 ready, 1 starting, 1 wanted" in out
     assert "whisper: 0 ready, 0 starting, 1 wanted; STOPPED: stopped after 3 quick failures" in out
     assert " 40 " not in out  # gone rows only with --all

@@ -185,3 +185,20 @@ def test_metrics_show_time_left_and_a_late_successor_with_slurms_reason(
     assert f'llm_router_successor_late{{deployment="{old.id + 1}",model="fake",reason="Resources",state="pending"}} 1.0' in text
     left = next(line for line in text.splitlines() if line.startswith("llm_router_backend_seconds_left{"))
     assert f'backend="{old.id}"' in left and 90 < float(left.split()[-1]) <= 100
+
+
+def test_metrics_count_a_successor_still_queued_after_its_predecessor_ended(
+    boot: Callable[..., RouterHandle], registry: Registry, make_backend: Callable[..., FakeBackend],
+) -> None:
+    old = registry.add_backend("fake", make_backend(models=["fake"], secret=SECRET).url)
+    with session_factory(registry.engine)() as session:
+        now = utcnow()
+        gone = session.get(Deployment, old.id)
+        assert gone is not None
+        gone.state, gone.gone_at = "gone", now
+        session.add(Deployment(model="fake", state="pending", job_id="78", reason="Priority", predecessor_id=old.id,
+                               created_at=now, updated_at=now))
+        session.commit()
+    router = boot(router={"admin_token": "admin"})
+    text = requests.get(router.url + "/metrics", headers={"Authorization": "Bearer admin"}, timeout=5).text
+    assert f'llm_router_successor_late{{deployment="{old.id + 1}",model="fake",reason="Priority",state="pending"}} 1.0' in text

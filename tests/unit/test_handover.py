@@ -11,6 +11,7 @@ import pytest
 from launcher.core.catalog import catalog_from_dict
 from launcher.control.handover import Handover, lead_time_s, startup_times
 from launcher.control.lead_times import handover_policy
+from launcher.core.handover_check import handover_problems
 from launcher.core.maintenance import Window, allowed_seconds, parse_reservations, parse_window, slurm_minutes
 from launcher.control.plan import Plan, Policy
 from launcher.control.reconcile import reconcile
@@ -31,7 +32,9 @@ def at(seconds: float) -> datetime:
 def dep(id: int, state: str = "ready", left: float | None = 3600, **kw: Any) -> DeploymentRecord:
     base: dict[str, Any] = dict(model="m", kind="chat", engine="vllm", reason=None, node="n1", url="http://n1:1",
                                 secret="s", expected_start=None, submitted_at=at(-4000), predecessor_id=None,
-                                ready_at=at(-3000) if state in ("ready", "draining") else None, updated_at=at(-10))
+                                ready_at=None, updated_at=at(-10))
+    if state in ("ready", "draining"):  # ready a minute after its start (a 4-hour limit)
+        base["ready_at"] = at(-3000) if left is None else at(left - 4 * 3600 + 60)
     base.update(kw)
     return DeploymentRecord(id=id, state=state, job_id=str(100 + id),
                             end_time=None if left is None else at(left), **base)
@@ -84,12 +87,16 @@ def test_ready_successor_drains_its_predecessor() -> None:
     assert result.submissions == ()
 
 
-def test_successor_still_pending_near_the_end_is_reported_with_slurms_reason() -> None:
-    rows = [dep(1, left=100), dep(2, state="pending", left=None, predecessor_id=1, reason="Resources")]
-    (note,) = plan(rows).notes
+def test_successor_later_than_its_lead_predicted_is_reported_with_slurms_reason() -> None:
+    policy = replace(POLICY, handover=replace(HANDOVER, ready_within_s={"m": 150.0}))
+    waiting = dep(2, state="pending", left=None, predecessor_id=1, reason="Resources", submitted_at=at(-151))
+    (note,) = plan([dep(1, left=100), waiting], policy=policy).notes
     assert "successor #2" in note and "Slurm: Resources" in note and "#1 (job 101) ends at 12:01:40 UTC" in note
-    early = [dep(1, left=200), rows[1]]
-    assert plan(early).notes == ()  # 200 s left > late_s: not yet worth a warning
+    # submitted 100 s ago, predicted ready within 150 s: not late, however near the old job's end
+    assert plan([dep(1, left=100), replace(waiting, submitted_at=at(-100))], policy=policy).notes == ()
+    # the old job has ended: still late, and said so
+    (alone,) = plan([waiting], policy=policy).notes
+    assert "its predecessor has ended" in alone
 
 
 def test_failed_successor_gets_a_new_one_after_backoff_only() -> None:
@@ -146,11 +153,57 @@ def test_startup_times_keep_each_models_last_n() -> None:
     assert startup_times(rows, per_model=2) == {"a": [30.0, 20.0], "b": [5.0]}
 
 
-def test_lead_is_capped_at_three_quarters_of_the_time_limit() -> None:
+def _policy(time: str, startups: dict[str, list[float]] | None = None, **settings: Any) -> Handover:
     catalog = catalog_from_dict({"models": {"m": {"engine": "command", "weights": "none", "command": ["x"],
-                                                  "time": "2"}}}, "c.toml", {})
-    cluster = ClusterSettings(successor_lead_floor_s=600, successor_lead_margin_s=0)
-    assert handover_policy(catalog, cluster, {}).lead("m") == 90.0
+                                                  "time": time}}}, "c.toml", {})
+    return handover_policy(catalog, ClusterSettings(**settings), startups or {})
+
+
+def test_lead_covers_signal_lead_slurms_resolution_start_up_and_margin() -> None:
+    # defaults: signal_lead_s 120 + 60 s resolution + p90 of start-ups (178 s) + margin 120
+    handover = _policy("4:00:00", {"m": [79.0, 120.0, 178.0]})
+    assert handover.lead("m") == 120 + 60 + 178 + 120
+    assert handover.ready_within_s["m"] == 178 + 120 and handover.last_safe_s == 60 + 10
+    # the floor still holds, and a drain threshold above the signal's reach counts instead of it
+    assert _policy("4:00:00", successor_lead_floor_s=900).lead("m") == 900
+    assert _policy("4:00:00", drain_threshold_s=400).lead("m") == 410 + 0 + 120
+
+
+def test_lead_is_not_capped_by_a_short_limit_and_the_limit_is_reported() -> None:
+    handover = _policy("3", {"m": [150.0]})
+    assert handover.lead("m") == 120 + 60 + 150 + 120  # the learned start-up is kept
+    cluster = ClusterSettings()
+    (line,) = handover_problems({"m": 180.0}, cluster, {"m": 150.0})
+    assert line.startswith("m: time limit 180 s is too short for a handover") and "lead of 450 s" in line
+    assert handover_problems({"m": 3600.0}, cluster, {"m": 150.0}) == []
+
+
+def test_a_late_successors_own_successor_is_planned_from_its_end_not_at_once() -> None:
+    handover = Handover({"m": 400.0}, time_limit_s={"m": 600.0})
+    policy = replace(POLICY, handover=handover)
+    # ready 350 s after its start, 250 s left: inside the lead, but it serves a quarter of its limit first
+    late = dep(1, left=250, ready_at=at(0))
+    assert handover.due_at(late) == at(150)
+    assert plan([late], policy=policy).submissions == ()
+    (submission,) = plan([late], policy=policy, now=at(150)).submissions
+    assert submission.predecessor_id == 1
+    # one ready in time: a lead before its end
+    assert handover.due_at(dep(2, left=500, ready_at=at(-90))) == at(100)
+
+
+def test_at_its_last_safe_moment_a_job_drains_though_its_successor_is_not_ready() -> None:
+    policy = replace(POLICY, handover=replace(HANDOVER, last_safe_s=70.0))
+    rows = [dep(1, left=71), dep(2, state="pending", left=None, predecessor_id=1, reason="Resources")]
+    assert plan(rows, policy=policy).drains == ()  # it keeps serving
+    rows[0] = replace(rows[0], end_time=at(69))
+    result = plan(rows, policy=policy)
+    (drain,) = result.drains
+    assert drain.deployment_id == 1 and "last safe moment" in drain.reason
+    assert [(u.deployment_id, u.changes["state"]) for u in result.updates if "state" in u.changes] == [(1, "draining")]
+    # with its successor ready it drains once, handed over
+    ready = replace(rows[1], state="ready", end_time=at(7000), ready_at=at(-1))
+    (handed,) = plan([rows[0], ready], policy=policy).drains
+    assert handed.reason == "handed over to #2"
 
 
 def test_parse_window_and_whole_minutes() -> None:

@@ -110,3 +110,25 @@ def test_rendered_scripts_are_valid_bash(production: Catalog, model: str) -> Non
     script = render_script(production.entry(model), CLUSTER, SECRETS, SPEC)
     done = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True, check=False)
     assert done.returncode == 0, done.stderr
+
+
+def _function(script: str, name: str) -> str:
+    start = script.index(f"\n{name}() {{")
+    return script[start:script.index("\n}\n", start)]
+
+
+def test_slurms_warning_does_not_deregister_the_drain_signal_does(production: Catalog) -> None:
+    script = render_script(production.entry("qwen3.5-122b"), CLUSTER, SECRETS, SPEC)
+    assert "trap on_warning USR1" in script and "trap on_drain USR2" in script and "trap on_term TERM" in script
+    assert "deregister" not in _function(script, "on_warning")
+    assert "deregister" in _function(script, "on_drain") and "deregister" in _function(script, "on_term")
+
+
+def test_vllm_cpu_jobs_bind_their_threads_to_the_cpus_slurm_gave_them(production: Catalog) -> None:
+    demo = load_catalog(packaged_catalog("demo"), environ={
+        "LLM_LAUNCH_CHAT_MODEL": "/m/chat", "LLM_LAUNCH_EMBED_MODEL": "/m/embed", "LLM_LAUNCH_WHISPER_MODEL": "/m/w"})
+    cpu = render_script(demo.entry("minilm-embed"), CLUSTER, SECRETS, SPEC)
+    assert "export VLLM_CPU_OMP_THREADS_BIND=$(awk '/^Cpus_allowed_list:/ { print $2 }' /proc/self/status)" in cpu
+    assert cpu.index("VLLM_CPU_OMP_THREADS_BIND=") < cpu.index("vllm serve")
+    gpu = render_script(production.entry("qwen3.5-122b"), CLUSTER, SECRETS, SPEC)
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in gpu  # the GPU path is unchanged

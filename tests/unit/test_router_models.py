@@ -183,3 +183,20 @@ def test_offline_model_that_is_wanted_says_a_replacement_is_coming() -> None:
     assert err.status == 503 and err.code == "model_restarting"
     assert "starting a replacement" in err.message and err.headers["Retry-After"] == "7"
     assert unavailable("m", ModelStatus(OFFLINE), now=0.0, default_s=7).code == "model_offline"
+
+
+def test_a_pending_replacement_is_named_in_the_503_and_in_the_models_list() -> None:
+    from dataclasses import replace as copy
+
+    queued = Backend(copy(backend("pending", expected=NOW.replace(minute=30), reason="Resources").record,
+                          id=2, predecessor_id=1))
+    draining = Backend(copy(backend("ready").record, state="draining"))
+    status = model_status([draining, queued])
+    assert status.replacement == "replacement queued in Slurm (reason Resources, expected start 2025-03-01T12:30:00Z)"
+    err = unavailable("qwen", status, T, 7)
+    assert err.status == 503 and err.code == "model_queued"
+    assert "its job reached the end of its time limit; replacement queued in Slurm (reason Resources" in err.message
+    # while the old replica still serves, /v1/models already says a replacement waits
+    serving = model_status([backend("ready"), queued])
+    assert serving.status == "ready" and serving.replacement.startswith("replacement queued in Slurm")
+    assert model_entry("qwen", None, [backend("ready"), queued], 1)["status_reason"] == serving.replacement
