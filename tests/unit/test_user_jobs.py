@@ -5,6 +5,7 @@ never cancels or signals the user's job."""
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 
@@ -12,7 +13,7 @@ from launcher.control.job_state import follow_job
 from launcher.control.reconcile import reconcile
 from launcher.core.targets import Target
 from launcher.engines.table import EXTERNAL
-from tests.unit.test_reconcile import NOW, POLICY, dep, job
+from tests.unit.test_reconcile import NOW, POLICY, aware, dep, job
 
 USER_ROW = dep(engine=EXTERNAL, job_id="555", ready_at=NOW, owner="bob")  # seen running: it has an end time
 
@@ -43,3 +44,15 @@ def test_a_user_job_slurm_never_showed_is_left_to_the_probes() -> None:
     assert follow_job(hidden, None, POLICY, NOW) == (None, None)  # PrivateData, or another cluster
     update, _ = follow_job(hidden, job(job_id="556"), POLICY, NOW)
     assert update is not None and update.changes["end_time"] is not None  # seen: followed from now on
+
+
+@pytest.mark.parametrize("engine, replaced", [("vllm", True), (EXTERNAL, False)])
+def test_a_user_job_near_its_end_gets_no_successor_and_no_drain(engine: str, replaced: bool) -> None:
+    """Under a catalog name, 30 s before its end: the launcher's job gets a successor, a user's job nothing."""
+    owner = "bob" if engine == EXTERNAL else None
+    row = dep(engine=engine, job_id="555", end_time=NOW + timedelta(seconds=30), owner=owner)
+    slurm = {"555": job(job_id="555", end_time=aware(NOW + timedelta(seconds=30)))}
+    plan = reconcile([row], slurm, {"m": Target("m", 1, 0, None, None)}, POLICY, NOW)
+    assert bool(plan.submissions) is replaced
+    assert plan.cancels == () and (replaced or plan.drains == ())
+
