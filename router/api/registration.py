@@ -31,17 +31,13 @@ from router.api.user_servers import check_server, check_user_claim, register_use
 from router.state import DB_ENGINE, STATE
 
 __all__ = ["Claim", "Refused", "add_routes", "deregister", "register", "token_hash"]
-ENGINE_KEY = web.AppKey("registration_engine", Engine)
 # States in which a job's own token may (re)register it; a gone or draining job's token is spent.
 _REGISTRABLE = ("pending", "starting", "ready")
-_CHECK_TIMEOUT_S = 5.0  # without router settings (tests mounting the endpoints alone)
 Action = Callable[[Engine, Claim], Awaitable[dict[str, Any]]]
 
 
-def add_routes(app: web.Application, engine: Engine | None = None) -> None:
-    """Mount the registration endpoints; the engine defaults to the registry engine the app holds."""
-    if engine is not None:
-        app[ENGINE_KEY] = engine
+def add_routes(app: web.Application) -> None:
+    """Mount the registration endpoints; they write through the registry engine the app holds."""
     app.router.add_post("/internal/register", _register)
     app.router.add_post("/internal/deregister", _deregister)
 
@@ -57,7 +53,7 @@ def _matches(token: str, stored: str | None) -> bool:
 
 async def _register(request: web.Request) -> web.Response:
     router = _listeners(request)
-    timeout_s = request.app[STATE].settings.router.health_timeout_s if STATE in request.app else _CHECK_TIMEOUT_S
+    timeout_s = request.app[STATE].settings.router.health_timeout_s
 
     async def action(engine: Engine, claim: Claim) -> dict[str, Any]:
         # A user's server is checked from the router's side before anything is written.
@@ -88,7 +84,7 @@ async def _deregister(request: web.Request) -> web.Response:
 async def _handle(request: web.Request, action: Action) -> web.Response:
     try:
         claim = parse_claim(await request.read())
-        engine = _engine(request.app)
+        engine = request.app[DB_ENGINE]
         result = await action(engine, claim)
     except OperationalError as exc:  # a full disk, a read-only or locked file: say so, it is not the caller's fault
         reason = str(exc.orig or exc).splitlines()[0]
@@ -103,14 +99,6 @@ async def _handle(request: web.Request, action: Action) -> web.Response:
 def _in_session(engine: Engine, action: Callable[[Session, Claim], Any], claim: Claim) -> Any:
     with session_factory(engine)() as session:
         return action(session, claim)
-
-
-def _engine(app: web.Application) -> Engine:
-    if ENGINE_KEY in app:
-        return app[ENGINE_KEY]
-    if DB_ENGINE in app:  # the router's own registry engine (create_app stores it)
-        return app[DB_ENGINE]
-    raise Refused(503, "registration is not configured on this router", "unavailable")
 
 
 def register(session: Session, claim: Claim, router: Sequence[Listener] = ()) -> dict[str, Any]:

@@ -45,7 +45,8 @@ from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm,
               pytest.mark.skipif(os.environ.get("LLM_LAUNCH_E2E_HANDOVER") != "1",
-                                 reason="opt-in: LLM_LAUNCH_E2E_HANDOVER=1 (see the module's docstring)")]
+                                 reason="known to fail, about 12 min: MiniLM's first handover leaves a 12 s gap (a lead learned "
+                                        "from one start-up; issue 13); LLM_LAUNCH_E2E_HANDOVER=1 runs it")]
 
 EMBED, WHISPER = "minilm-embed", "whisper-tiny.en"
 # vLLM on two shared cores starts in 1-3 minutes: 10 minutes hold its lead (signal lead 120 s +

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import socket
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -14,6 +13,7 @@ import requests
 
 from tests.conftest import SECRET, Registry, RouterHandle
 from tests.fake_backend import FakeBackend
+from tests.raw_http import exchange
 
 CHAT = b'{"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}]}'
 
@@ -36,19 +36,6 @@ def logged(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[[], list[loggi
     with caplog.at_level(logging.DEBUG):
         yield records
     assert not [r for r in records() if r.exc_info], [r.getMessage() for r in records() if r.exc_info]
-
-
-def exchange(router: RouterHandle, payload: bytes) -> bytes:
-    """Send PAYLOAD on a new connection; everything the router answers until it closes (or 5 s pass)."""
-    with socket.create_connection(("127.0.0.1", router.port), timeout=5) as sock:
-        sock.sendall(payload)
-        data = b""
-        try:
-            while chunk := sock.recv(65536):
-                data += chunk
-        except (TimeoutError, ConnectionError):
-            pass
-    return data
 
 
 def answers(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
@@ -87,7 +74,7 @@ def request(key: str, body: bytes, **headers: str) -> bytes:
 def test_too_large_a_request_head_is_431_in_the_envelope(
         served: tuple[RouterHandle, str], logged: Callable[[], list[logging.LogRecord]], payload: bytes) -> None:
     router, key = served
-    (answer,) = answers(exchange(router, payload))
+    (answer,) = answers(exchange(router.port, payload))
     assert_envelope(answer, 431, "request_header_too_large")
     lines = [r for r in logged() if r.levelno >= logging.INFO and r.name != "router.health"]
     assert [r.getMessage() for r in lines] == ["refused a request from 127.0.0.1: 431 request_header_too_large"]
@@ -100,7 +87,7 @@ def test_too_large_a_request_head_is_431_in_the_envelope(
 def test_what_is_not_http_is_400_in_the_envelope(
         served: tuple[RouterHandle, str], logged: Callable[[], list[logging.LogRecord]], payload: bytes) -> None:
     router, _ = served
-    (answer,) = answers(exchange(router, payload))
+    (answer,) = answers(exchange(router.port, payload))
     assert_envelope(answer, 400, "invalid_http")
 
 
@@ -108,7 +95,7 @@ def test_a_body_that_is_not_the_gzip_it_claims_is_400_and_the_connection_closes_
         served: tuple[RouterHandle, str], logged: Callable[[], list[logging.LogRecord]]) -> None:
     router, key = served
     bad = request(key, b"this is not gzip at all", **{"Content-Encoding": "gzip"})
-    (answer,) = answers(exchange(router, bad + request(key, CHAT)))
+    (answer,) = answers(exchange(router.port, bad + request(key, CHAT)))
     assert_envelope(answer, 400, "invalid_body")
     # The parser cannot find the next request after a body it failed to decode: the answer says so.
     assert answer[1]["connection"] == "close"
@@ -125,6 +112,6 @@ def test_a_refusal_the_app_makes_keeps_the_connection(
     good_gzip = request(key, gzip.compress(CHAT), **{"Content-Encoding": "gzip"})
     unknown = request(key, b'{"model": "nope", "messages": []}')
     last = request(key, CHAT, Connection="close")
-    replies = answers(exchange(router, good_gzip + unknown + last))
+    replies = answers(exchange(router.port, good_gzip + unknown + last))
     assert [status for status, _, _ in replies] == [200, 404, 200]
     assert_envelope(replies[1], 404, "model_not_found")

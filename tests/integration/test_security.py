@@ -34,6 +34,7 @@ from router.accounting.seam import NoAccounting
 from router.upstream.snapshot import RegistryView
 from tests.conftest import SECRET, LoopThread, Registry, RouterHandle
 from tests.fake_backend import FakeBackend
+from tests.raw_http import exchange
 from tests.integration.test_registration import TOKEN, post, row_count, submitted_job
 from tests.integration.test_router_cli import RouterProcess, _command, router_process  # noqa: F401
 
@@ -245,19 +246,6 @@ def test_registration_with_a_wrong_reused_or_expired_token_is_refused_and_leaves
 
 # --- request smuggling ---------------------------------------------------------------------------
 
-def _raw(router: RouterHandle, data: bytes) -> bytes:
-    """Send DATA on one connection; everything the router answers until it closes (or goes quiet)."""
-    with socket.create_connection(("127.0.0.1", router.port), timeout=5) as sock:
-        sock.sendall(data)
-        received = b""
-        try:
-            while chunk := sock.recv(65536):
-                received += chunk
-        except TimeoutError:
-            pass
-    return received
-
-
 SMUGGLING = {
     "CL and TE": b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n",
     "TE and CL": b"Transfer-Encoding: chunked\r\nContent-Length: 4\r\n",
@@ -274,7 +262,7 @@ def test_conflicting_framing_is_refused_and_nothing_is_smuggled(stack: object, n
     smuggled = b"GET /internal/status HTTP/1.1\r\nHost: x\r\n\r\n"
     request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + SMUGGLING[name] + b"\r\n"
                + b"0\r\n\r\n" + smuggled)
-    answer = _raw(router, request)
+    answer = exchange(router.port, request)
     statuses = re.findall(rb"^HTTP/1\.[01] (\d{3})", answer, re.M)
     assert statuses and statuses[0] == b"400", answer[:300]
     assert len(statuses) == 1, f"a second request was read from the body: {answer[:600]!r}"
@@ -324,7 +312,7 @@ def test_path_traversal_reaches_nothing_unguarded(registry: Registry, make_route
         body = b'{"model":"fake-chat","messages":[]}'
         head = (f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: "
                 f"application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
-        reply = _raw(router, head.encode() + body)
+        reply = exchange(router.port, head.encode() + body)
         status = int(reply.split(b" ", 2)[1])
         assert status in (400, 401, 403, 404, 405), (method, path, reply[:300])
         assert b"root:" not in reply and b"deployments" not in reply
