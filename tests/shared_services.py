@@ -44,6 +44,15 @@ def pg_url() -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A fresh registry URL, once on a SQLite file and once on PostgreSQL (skipped without it)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('registry') / 'registry.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
 _next_redis_db = iter(range(1, 10**9))
 
 

@@ -18,6 +18,8 @@ class Unlimited:
 
 
 UNLIMITED = Unlimited()
+# The registry stores limits as 64-bit integers (PostgreSQL's BIGINT).
+LIMIT_MAX = 2**63 - 1
 
 
 class LimitType(click.ParamType[Any]):
@@ -33,6 +35,8 @@ class LimitType(click.ParamType[Any]):
             return UNLIMITED
         if not text.isdigit():
             self.fail(f"{value!r} is not a whole number >= 0 (or 'none' for no limit)", param, ctx)
+        if int(text) > LIMIT_MAX:
+            self.fail(f"{value} is too large (at most {LIMIT_MAX}; 'none' for no limit)", param, ctx)
         return int(text)
 
 

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# The PostgreSQL advisory lock every process takes around `upgrade`: any constant works, as long
+# as all llm-launch versions use the same one.
+PG_MIGRATION_LOCK = 0x6C6C6D2D6D6967  # "llm-mig"
 
 
 def alembic_config(engine: Engine) -> Config:
@@ -33,8 +40,42 @@ def head_revision(engine: Engine) -> str | None:
 
 
 def upgrade_if_needed(engine: Engine) -> bool:
-    """Bring the schema to head; True when something was applied."""
-    if current_revision(engine) == head_revision(engine):
+    """Bring the schema to head; True when something was applied.
+
+    Several processes may start on a fresh or old database at once (a router and a supervisor
+    after an upgrade): one migrates under a lock, the others wait and then find it at head.
+    """
+    head = head_revision(engine)
+    if current_revision(engine) == head:
         return False
-    command.upgrade(alembic_config(engine), "head")
+    with _migration_lock(engine):
+        if current_revision(engine) == head:
+            return False
+        command.upgrade(alembic_config(engine), "head")
     return True
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    """Hold PostgreSQL's advisory lock, or a lock file next to a SQLite file, while migrating."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": PG_MIGRATION_LOCK})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": PG_MIGRATION_LOCK})
+                conn.commit()
+        return
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
+        yield
+        return
+    # Not the database file itself: closing any descriptor of it would drop SQLite's own locks.
+    fd = os.open(f"{database}.migrate-lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

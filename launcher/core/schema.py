@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Float, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Float, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from launcher.engines.table import EXTERNAL
@@ -67,12 +67,12 @@ class ApiKey(Base):
     models: Mapped[str | None] = mapped_column(Text, default=None)  # comma list; None = all
     account: Mapped[str | None] = mapped_column(String(200), default=None)
     tier: Mapped[str | None] = mapped_column(String(64), default=None)
-    rpm: Mapped[int | None] = mapped_column(Integer, default=None)
-    tpm: Mapped[int | None] = mapped_column(Integer, default=None)
-    max_parallel: Mapped[int | None] = mapped_column(Integer, default=None)
-    daily_tokens: Mapped[int | None] = mapped_column(Integer, default=None)
-    monthly_tokens: Mapped[int | None] = mapped_column(Integer, default=None)
-    daily_audio_seconds: Mapped[int | None] = mapped_column(Integer, default=None)
+    rpm: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    tpm: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    max_parallel: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    daily_tokens: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    monthly_tokens: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    daily_audio_seconds: Mapped[int | None] = mapped_column(BigInteger, default=None)
     expires_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column()
@@ -103,12 +103,12 @@ class UsageDaily(Base):
     key_name: Mapped[str] = mapped_column(String(200))
     account: Mapped[str | None] = mapped_column(String(200), default=None)
     model: Mapped[str] = mapped_column(String(200))
-    requests: Mapped[int] = mapped_column(Integer, default=0)
-    errors: Mapped[int] = mapped_column(Integer, default=0)
-    estimated_requests: Mapped[int] = mapped_column(Integer, default=0)
-    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    reasoning_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    estimated_requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     audio_seconds: Mapped[float] = mapped_column(Float, default=0.0)
 
 

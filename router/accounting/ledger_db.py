@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-import time
+import math
 from datetime import UTC, datetime
 from typing import Any, Callable, TypeVar
 
 from sqlalchemy import Connection, Engine, case, delete, func, insert, select
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 
+from launcher.core.db import run_with_retries
 from launcher.core.schema import UsageDaily, UsageRequest
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,6 @@ COUNTERS = ("requests", "errors", "estimated_requests", "prompt_tokens", "comple
 REQUEST_COLUMNS = ("ts", "request_id", "key_id", "model", "status", "prompt_tokens",
                    "completion_tokens", "reasoning_tokens", "audio_seconds", "latency_ms",
                    "backend", "estimated")
-RETRY_DELAYS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 T = TypeVar("T")
 WRITTEN, KEPT, DROPPED = "written", "kept", "dropped"  # what became of one row of a failed batch
 
@@ -42,7 +42,10 @@ def write_batch(engine: Engine, daily: dict[DailyKey, PendingRow], requests: lis
 
 
 def unavailable(exc: BaseException) -> bool:
-    """Whether EXC says the database cannot be written now (locked, full, gone), not that a row is bad."""
+    """Whether EXC says the database cannot be written now (locked, full, gone, its schema not
+    there yet), not that a row is bad."""
+    if isinstance(exc, ProgrammingError):  # PostgreSQL's class 42: a missing table or column
+        return str(getattr(exc.orig, "sqlstate", "")).startswith("42")
     return isinstance(exc, (OperationalError, InterfaceError))
 
 
@@ -130,12 +133,20 @@ def _daily_params(key: DailyKey, row: PendingRow) -> dict[str, Any]:
     params: dict[str, Any] = {"day": key[0], "key_id": key[1], "model": key[2],
                               "key_name": row[0], "account": row[1]}
     params.update(zip(COUNTERS, row[2:]))
-    return params
+    return _finite(params)
 
 
 def _request_params(row: RequestRow) -> dict[str, Any]:
     params: dict[str, Any] = dict(zip(REQUEST_COLUMNS, row))
     params["ts"] = _naive_utc(row[0])
+    return _finite(params)
+
+
+def _finite(params: dict[str, Any]) -> dict[str, Any]:
+    """Refuse NaN and infinities: PostgreSQL would store them and every later sum would be NaN."""
+    for name, value in params.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{name} is {value}")
     return params
 
 
@@ -144,19 +155,4 @@ def _naive_utc(epoch: float) -> datetime:
 
 
 def _with_retries(engine: Engine, work: Callable[[Connection], T]) -> T:
-    """Run WORK in a transaction; a locked SQLite database is retried with backoff."""
-    for delay in (*RETRY_DELAYS_S, None):
-        try:
-            with engine.begin() as conn:
-                return work(conn)
-        except OperationalError as exc:
-            if delay is None or not _is_busy(exc):
-                raise
-            log.warning("usage ledger: database busy, retrying in %.2fs", delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
-
-
-def _is_busy(exc: OperationalError) -> bool:
-    text = str(exc.orig).lower()
-    return "locked" in text or "busy" in text
+    return run_with_retries(engine, work, "usage ledger")

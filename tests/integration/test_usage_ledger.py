@@ -1,4 +1,5 @@
-"""The usage ledger through the real router: exact backend counts, streams, disconnects, report."""
+"""The usage ledger through the real router, on SQLite and on PostgreSQL: exact backend counts,
+streams, disconnects, report."""
 
 from __future__ import annotations
 
@@ -7,19 +8,29 @@ import io
 import json
 import time
 from datetime import UTC, datetime
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import openai
+import pytest
 from openai.types.chat import ChatCompletionMessageParam
 import requests
 from click.testing import CliRunner
 from sqlalchemy import select
 
 from launcher.cli import main
+from launcher.core.db import open_engine
 from launcher.core.schema import UsageDaily, UsageRequest
 from tests.conftest import LoopThread, Registry, RouterHandle, Stack
 
 HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there"}]
+
+
+@pytest.fixture
+def registry(db_url: str) -> Iterator[Registry]:
+    """This module's registry: once on SQLite, once on PostgreSQL."""
+    engine = open_engine(db_url)
+    yield Registry(db_url, engine)
+    engine.dispose()
 
 
 def client(stack: Stack) -> openai.OpenAI:

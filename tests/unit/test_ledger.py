@@ -1,10 +1,12 @@
-"""The usage ledger on a real SQLite file: batched upserts, request rows, retention, busy database."""
+"""The usage ledger on a real SQLite file and on PostgreSQL: batched upserts, request rows, retention,
+busy database."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,8 +24,10 @@ DAY2 = DAY1 + 86400
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    return open_engine(f"sqlite:///{tmp_path / 'registry.db'}")
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = open_engine(db_url)
+    yield engine
+    engine.dispose()
 
 
 def record(ledger: Ledger, now: float, *, key: int = 1, model: str = "m", status: int = 200,
@@ -90,7 +94,8 @@ async def test_a_failed_write_keeps_the_batch_for_the_next_flush(engine: Engine)
     assert [r[3] for r in daily(engine)] == [2]
 
 
-async def test_a_busy_database_is_retried_not_lost(tmp_path: Path, engine: Engine) -> None:
+async def test_a_busy_database_is_retried_not_lost(tmp_path: Path) -> None:
+    engine = open_engine(f"sqlite:///{tmp_path / 'registry.db'}")
     impatient = create_engine(f"sqlite:///{tmp_path / 'registry.db'}",
                               connect_args={"timeout": 0})
     ledger = Ledger(impatient)
@@ -126,7 +131,7 @@ async def test_throughput_benchmark_runs_in_a_tiny_mode() -> None:
     assert admit_finish_us(100, 10) > 0
 
 
-# Values the database refuses: SQLite cannot hold an integer past 2**63, and NaN is NULL to it.
+# Values the ledger refuses: no database holds an integer past 2**63; NaN would poison the sums.
 POISONS = [Usage(prompt_tokens=10**30), Usage(audio_seconds=float("nan"))]
 
 
