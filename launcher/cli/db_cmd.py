@@ -6,7 +6,8 @@ import click
 
 from launcher.cli.context import CliContext
 from launcher.cli.errors import cli_errors
-from launcher.core.db import RegistryError, open_engine
+from launcher.core.copy import CopyError, copy_registry
+from launcher.core.db import RegistryError, open_engine, resolve_db_url
 from launcher.core.migrate import current_revision, head_revision, upgrade_if_needed
 
 
@@ -35,3 +36,25 @@ def current(ctx: CliContext) -> None:
     revision, head = current_revision(engine), head_revision(engine)
     pending = "" if revision == head else f" (newest is {head}: run `llm-launch db upgrade`)"
     click.echo(f"{revision or 'empty'}{pending}")
+
+
+@db.command()
+@click.option("--to", "target_url", required=True, metavar="URL",
+              help="The empty database to copy into, e.g. postgresql+psycopg://llm@db1/llm_launch.")
+@click.pass_obj
+def copy(ctx: CliContext, target_url: str) -> None:
+    """Copy the registry (keys, deployments, tokens, usage: every table) into an empty database."""
+    target_url = resolve_db_url(target_url)
+    if target_url == ctx.db_url:
+        raise click.ClickException("--to names the registry itself; give the new database's URL")
+    source = ctx.engine
+    with cli_errors(RegistryError, CopyError):
+        target = open_engine(target_url, migrate=False)
+        try:
+            counts = copy_registry(source, target)
+        finally:
+            target.dispose()
+    for table, rows in counts.items():
+        click.echo(f"{table:<22} {rows:>10} rows")
+    click.echo(f"copied {sum(counts.values())} rows into {target.url.render_as_string()}; "
+               f"point `--db`/`database` at it now")
