@@ -7,8 +7,13 @@ their URLs come from its env.sh. Without them the tests that need them skip, say
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -51,6 +56,62 @@ def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         return f"sqlite:///{tmp_path_factory.mktemp('registry') / 'registry.db'}"
     url: str = request.getfixturevalue("pg_url")
     return url
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")  # Debian's PostgreSQL 15, as scripts/local-services uses
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of one test's own, on a free port, that the test may stop and start.
+
+    `stop` is pg_ctl's fast shutdown: open connections are cut, new ones refused, as in an outage.
+    As root the files belong to Debian's `postgres` user (PostgreSQL refuses to run as root).
+    """
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="llm-launch-pg-"))
+        self.data = self.dir / "data"
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"postgresql+psycopg://llm_launch@127.0.0.1:{self.port}/postgres"
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-U", "llm_launch", "--auth=trust", "-E", "UTF8",
+                  "--locale=C.UTF-8", "--no-sync")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-o", options, "-w", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        subprocess.run(self._as_owner(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
+                                      "stop"), capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _run(self, program: str, *args: str) -> None:
+        subprocess.run(self._as_owner(str(PG_BIN / program), *args), check=True, capture_output=True,
+                       timeout=60)
+
+    @staticmethod
+    def _as_owner(*command: str) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else list(command)
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    """A running PrivatePostgres, removed after the test (skipped without PostgreSQL 15)."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"PostgreSQL 15 is not installed: {START_HINT}")
+    server = PrivatePostgres()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
 
 
 _next_redis_db = iter(range(1, 10**9))

@@ -131,3 +131,14 @@ class UsageRequest(Base):
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     backend: Mapped[str | None] = mapped_column(String(500), default=None)
     estimated: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class LedgerBatch(Base):
+    """The id of a usage batch a router wrote, in the batch's own transaction: a batch retried
+    (after a lost commit, from a spill file) finds its id and is not added twice."""
+
+    __tablename__ = "ledger_batches"
+
+    batch_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    written_at: Mapped[datetime] = mapped_column(index=True)
+    rows: Mapped[int] = mapped_column(Integer, default=0)

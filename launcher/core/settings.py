@@ -42,6 +42,10 @@ class RouterSettings:
     grace_period_s: float = 30.0
     registry_refresh_s: float = 1.0
     ledger_flush_s: float = 1.0
+    # While the database is unavailable, unwritten usage waits in memory up to ledger_max_rows
+    # rows, then in a spill file under ledger_spill_dir ("": default_state_dir()/ledger-spill).
+    ledger_max_rows: int = 50_000
+    ledger_spill_dir: str = ""
     request_log: bool = True
     log_format: str = "text"  # "text" or "json" (JSON lines: no key, no text)
     # Output tokens per choice a quota reserves for a request without max_tokens, on any name
@@ -150,6 +154,18 @@ def default_config_path() -> Path:
     """Where the settings file is looked for when neither --config nor LLM_LAUNCH_CONFIG is given."""
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "llm-launch" / "settings.toml"
+
+
+def default_state_dir() -> Path:
+    """Where llm-launch keeps local state that must survive a restart (XDG_STATE_HOME)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "llm-launch"
+
+
+def spill_dir(router: RouterSettings) -> Path:
+    """The folder of the ledger's spill files."""
+    chosen = router.ledger_spill_dir
+    return Path(chosen).expanduser() if chosen else default_state_dir() / "ledger-spill"
 
 
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:

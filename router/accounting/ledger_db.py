@@ -1,17 +1,21 @@
-"""The ledger's database side: batched upserts, retention pruning, budget reload (run in threads)."""
+"""The ledger's database side: batches written once by id, batched upserts, retention pruning,
+budget reload (run in threads)."""
 
 from __future__ import annotations
 
 import logging
 import math
+import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Callable, TypeVar
 
 from sqlalchemy import Connection, Engine, case, delete, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 
 from launcher.core.db import run_with_retries
-from launcher.core.schema import UsageDaily, UsageRequest
+from launcher.core.schema import LedgerBatch, UsageDaily, UsageRequest
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +35,35 @@ T = TypeVar("T")
 WRITTEN, KEPT, DROPPED = "written", "kept", "dropped"  # what became of one row of a failed batch
 
 
-def write_batch(engine: Engine, daily: dict[DailyKey, PendingRow], requests: list[RequestRow]) -> None:
-    """Add DAILY to the per-day rows (upsert) and insert REQUESTS, in one transaction."""
-    def write(conn: Connection) -> None:
-        if daily:
-            conn.execute(_upsert(engine), [_daily_params(k, v) for k, v in daily.items()])
-        if requests:
-            conn.execute(insert(UsageRequest), [_request_params(r) for r in requests])
-    _with_retries(engine, write)
+@dataclass
+class Batch:
+    """One flush's usage under an id unique across routers and restarts (instance:sequence);
+    the id is recorded with the rows, so a batch retried after an unclear failure (a connection
+    lost at commit, a spill file replayed) is written once."""
+
+    id: str
+    daily: dict[DailyKey, PendingRow] = field(default_factory=dict)
+    requests: list[RequestRow] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return len(self.daily) + len(self.requests)
+
+
+def write_batch(engine: Engine, batch: Batch) -> bool:
+    """Record BATCH's id, add its daily rows (upsert) and insert its request rows, in one
+    transaction; False when the id was already recorded (the batch is in, nothing is added)."""
+    def write(conn: Connection) -> bool:
+        claimed = conn.scalar(_claim(engine), {"batch_id": batch.id, "written_at": _naive_utc(time.time()),
+                                               "rows": batch.rows})
+        if claimed is None:
+            return False
+        if batch.daily:
+            conn.execute(_upsert(engine), [_daily_params(k, v) for k, v in batch.daily.items()])
+        if batch.requests:
+            conn.execute(insert(UsageRequest), [_request_params(r) for r in batch.requests])
+        return True
+    return _with_retries(engine, write)
 
 
 def unavailable(exc: BaseException) -> bool:
@@ -49,47 +74,47 @@ def unavailable(exc: BaseException) -> bool:
     return isinstance(exc, (OperationalError, InterfaceError))
 
 
-def write_each(
-    engine: Engine, daily: dict[DailyKey, PendingRow], requests: list[RequestRow],
-) -> tuple[dict[DailyKey, PendingRow], list[RequestRow], int]:
-    """Write a failed batch row by row: (daily rows kept, request rows kept, rows dropped).
+def write_each(engine: Engine, batch: Batch) -> tuple[list[Batch], int]:
+    """Write a refused batch row by row, each row its own batch (id BATCH/d0, BATCH/r0, ...):
+    (the one-row batches kept, rows dropped).
 
     A row the database refuses (a poisoned value) is dropped and logged, so it blocks no other;
     a row that fails because the database is unavailable is kept for the next flush.
     """
-    kept_daily: dict[DailyKey, PendingRow] = {}
-    kept_requests: list[RequestRow] = []
+    singles = [Batch(f"{batch.id}/d{i}", {key: row}) for i, (key, row) in enumerate(batch.daily.items())]
+    singles += [Batch(f"{batch.id}/r{i}", {}, [request]) for i, request in enumerate(batch.requests)]
+    kept: list[Batch] = []
     dropped = 0
-    for key, row in daily.items():
-        outcome = _write_one(engine, {key: row}, [], f"daily row {key} {row}")
+    for single in singles:
+        outcome = _write_one(engine, single)
         if outcome == KEPT:
-            kept_daily[key] = row
+            kept.append(single)
         dropped += outcome == DROPPED
-    for request in requests:
-        outcome = _write_one(engine, {}, [request], f"request row {request}")
-        if outcome == KEPT:
-            kept_requests.append(request)
-        dropped += outcome == DROPPED
-    return kept_daily, kept_requests, dropped
+    return kept, dropped
 
 
-def _write_one(engine: Engine, daily: dict[DailyKey, PendingRow], requests: list[RequestRow], what: str) -> str:
+def _write_one(engine: Engine, batch: Batch) -> str:
     try:
-        write_batch(engine, daily, requests)
+        write_batch(engine, batch)
     except Exception as exc:
         if unavailable(exc):
             return KEPT
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        what = f"daily row {batch.daily}" if batch.daily else f"request row {batch.requests}"
         log.error("usage ledger: dropped %s: the database refuses it (%s)", what, reason)
         return DROPPED
     return WRITTEN
 
 
-def prune_requests(engine: Engine, before: float) -> int:
-    """Delete per-request rows older than BEFORE (epoch seconds); returns how many."""
+def prune_requests(engine: Engine, before: float, *, requests: bool = True) -> int:
+    """Delete batch ids and (REQUESTS) per-request rows older than BEFORE (epoch seconds);
+    returns how many request rows."""
     cutoff = _naive_utc(before)
 
     def prune(conn: Connection) -> int:
+        conn.execute(delete(LedgerBatch).where(LedgerBatch.written_at < cutoff))
+        if not requests:
+            return 0
         return conn.execute(delete(UsageRequest).where(UsageRequest.ts < cutoff)).rowcount
     return _with_retries(engine, prune)
 
@@ -111,17 +136,16 @@ def load_totals(engine: Engine, now: float) -> dict[int, tuple[list[float], list
             for row in rows}
 
 
+def _claim(engine: Engine) -> Any:
+    """INSERT the batch id unless it is there: no row returned means the batch was written before."""
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(LedgerBatch).on_conflict_do_nothing(index_elements=["batch_id"])
+    return stmt.returning(LedgerBatch.batch_id)
+
+
 def _upsert(engine: Engine) -> Any:
     table = UsageDaily.__table__
-    stmt: Any
-    if engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects import postgresql
-
-        stmt = postgresql.insert(UsageDaily)
-    else:
-        from sqlalchemy.dialects import sqlite
-
-        stmt = sqlite.insert(UsageDaily)
+    stmt: Any = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert(UsageDaily)
     added = {c: table.c[c] + stmt.excluded[c] for c in COUNTERS}
     return stmt.on_conflict_do_update(
         index_elements=["day", "key_id", "model"],

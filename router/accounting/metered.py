@@ -16,7 +16,7 @@ from typing import Self
 from sqlalchemy import Engine
 
 from launcher.core.keys import KeyRecord
-from launcher.core.settings import Settings
+from launcher.core.settings import Settings, spill_dir
 from launcher.engines.table import KIND_ENDPOINTS
 from router.accounting import limits as quota
 from router.accounting.seam import Accounting, Admission, NoAccounting, QuotaExceeded, RequestInfo, Usage
@@ -52,7 +52,8 @@ class LimitsAccounting:
         """Build from the router settings, on the registry ENGINE."""
         r = settings.router
         ledger = Ledger(engine, flush_s=r.ledger_flush_s, per_request=r.per_request_usage,
-                        retention_days=r.usage_retention_days)
+                        retention_days=r.usage_retention_days, max_rows=r.ledger_max_rows,
+                        spill_dir=spill_dir(r))
         return cls(ledger, OwnershipLock.for_engine(engine))
 
     def admit(self, info: RequestInfo, now: float) -> Admission:

@@ -18,7 +18,7 @@ from launcher.core.keys import create_key, list_keys, revoke_key
 from launcher.core.settings import KeyLimits
 from launcher.core.targets import set_desired_replicas
 from launcher.core.tokens import create_token
-from router.accounting.ledger_db import write_batch
+from router.accounting.ledger_db import Batch, write_batch
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def _fill(engine: Engine) -> None:
              ("2026-03-14", 3, "w"): ["carol", None, 1, 0, 1, 0, 0, 0, 12.5]}
     requests = [(now - 1, f"req-{i}", 1, "m1", 200, 10, 5, 1, 0.0, 12.5, "http://node1:8001", 0)
                 for i in range(5)]
-    write_batch(engine, daily, requests)
+    write_batch(engine, Batch("fill:1", daily, requests))
 
 
 def _rows(engine: Engine) -> dict[str, list[tuple[object, ...]]]:
