@@ -21,6 +21,7 @@ from router.api.handover_metrics import HandoverCollector
 from router.errors import Observer, make_middleware
 from router.hops import HOP_ID, new_hop_id
 from router.upstream.health import probe_loop
+from router.upstream.registry_notify import listen, listens
 from router.upstream.unbacked import remove_loop
 from router.upstream.names import load_names
 from router.upstream.proxy import Upstream
@@ -112,6 +113,9 @@ async def _start(state: RouterState, session: aiohttp.ClientSession, hop_id: str
     await state.accounting.start()
     backends = lambda: state.view.snapshot.backends.values()  # noqa: E731
     flusher = [asyncio.create_task(state.log.run(LOG_FLUSH_S), name="log-flush")] if state.log else []
+    # PostgreSQL announces registry changes: refresh on each, not only every registry_refresh_s.
+    if listens(engine):
+        flusher.append(asyncio.create_task(listen(engine, state.view.refresh), name="registry-notify"))
     return flusher + [
         asyncio.create_task(state.view.run(rs.registry_refresh_s), name="registry-refresh"),
         asyncio.create_task(

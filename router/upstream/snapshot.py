@@ -120,9 +120,16 @@ class RegistryView:
         self._sessions = session_factory(engine)
         self._names = names or Names()
         self._fingerprint: tuple[Any, ...] | None = None
+        # One refresh at a time (periodic, notified, after a registration): a slower, older load
+        # must never replace a newer snapshot.
+        self._refreshing = asyncio.Lock()
 
     async def refresh(self) -> bool:
         """Reload keys and deployments if they changed; True when the snapshot was replaced."""
+        async with self._refreshing:
+            return await self._refresh()
+
+    async def _refresh(self) -> bool:
         loaded = await asyncio.to_thread(self._load_if_changed)
         if loaded is None:
             return False

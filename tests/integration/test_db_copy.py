@@ -18,7 +18,7 @@ from launcher.core.keys import create_key, list_keys, revoke_key
 from launcher.core.settings import KeyLimits
 from launcher.core.targets import set_desired_replicas
 from launcher.core.tokens import create_token
-from router.accounting.ledger_db import Batch, write_batch
+from router.accounting.ledger_db import Batch, DailyKey, PendingRow, RequestRow, write_batch
 
 
 @pytest.fixture
@@ -43,9 +43,9 @@ def _fill(engine: Engine) -> None:
         set_desired_replicas(session, "m1", 2, now=utcnow())
         create_token(session, "m1", None)
     now = time.time()
-    daily = {("2026-03-14", 1, "m1"): ["alice", "proj-1", 3, 1, 0, 30, 15, 4, 0.0],
+    daily: dict[DailyKey, PendingRow] = {("2026-03-14", 1, "m1"): ["alice", "proj-1", 3, 1, 0, 30, 15, 4, 0.0],
              ("2026-03-14", 3, "w"): ["carol", None, 1, 0, 1, 0, 0, 0, 12.5]}
-    requests = [(now - 1, f"req-{i}", 1, "m1", 200, 10, 5, 1, 0.0, 12.5, "http://node1:8001", 0)
+    requests: list[RequestRow] = [(now - 1, f"req-{i}", 1, "m1", 200, 10, 5, 1, 0.0, 12.5, "http://node1:8001", 0)
                 for i in range(5)]
     write_batch(engine, Batch("fill:1", daily, requests))
 

@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from launcher.core.db import open_engine
 from launcher.core.schema import UsageDaily
 from router.accounting.ledger import Ledger
+from router.accounting.metered import LimitsAccounting
 from router.state import STATE
 from tests.conftest import SECRET, LoopThread, Registry, RouterHandle
 from tests.fake_backend import FakeBackend
@@ -71,8 +72,9 @@ class Load:
 
 
 def ledger_of(router: RouterHandle) -> Ledger:
-    ledger: Ledger = router.app[STATE].accounting.ledger
-    return ledger
+    accounting = router.app[STATE].accounting
+    assert isinstance(accounting, LimitsAccounting)
+    return accounting.ledger
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
