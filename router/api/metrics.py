@@ -19,6 +19,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from router.api.admin import require_admin
+from router.api.ledger_metrics import LedgerCollector
 from router.api.paths import AUDIO_ENDPOINTS, JSON_ENDPOINTS
 from router.request_log import RequestContext
 from router.state import STATE, RouterState
@@ -63,6 +64,7 @@ class Metrics:
         self.rejections = Counter("llm_router_quota_rejections", "Requests refused by a quota, by limit",
                                   ["limit"], registry=r)
         r.register(BackendCollector(state))
+        r.register(LedgerCollector(state))
         self._models: dict[str, _PerModel] = {}
         self._requests: dict[tuple[str, str, int], Counter] = {}
         self._errors: dict[int, Counter] = {}

@@ -123,11 +123,16 @@ class RegistryView:
         # One refresh at a time (periodic, notified, after a registration): a slower, older load
         # must never replace a newer snapshot.
         self._refreshing = asyncio.Lock()
+        self.errors = 0  # refreshes the database failed (for /metrics)
 
     async def refresh(self) -> bool:
         """Reload keys and deployments if they changed; True when the snapshot was replaced."""
         async with self._refreshing:
-            return await self._refresh()
+            try:
+                return await self._refresh()
+            except Exception:
+                self.errors += 1
+                raise
 
     async def _refresh(self) -> bool:
         loaded = await asyncio.to_thread(self._load_if_changed)

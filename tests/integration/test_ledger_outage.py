@@ -13,6 +13,7 @@ from typing import Any
 
 import openai
 import pytest
+import requests
 from sqlalchemy import func, select
 
 from launcher.core.db import open_engine
@@ -25,6 +26,7 @@ from tests.fake_backend import FakeBackend
 from tests.shared_services import PrivatePostgres
 
 KEYS = ("alice", "bob", "carol")
+ADMIN = "admin-token"
 
 
 @pytest.fixture
@@ -77,6 +79,13 @@ def ledger_of(router: RouterHandle) -> Ledger:
     return accounting.ledger
 
 
+def metrics(router: RouterHandle) -> dict[str, float]:
+    """The router's /metrics samples without a label, or with one as name{label="value"}."""
+    text = requests.get(router.url + "/metrics", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=5).text
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
 def wait_for(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -92,12 +101,16 @@ def test_an_outage_under_load_loses_no_request_and_no_usage_row_and_doubles_none
     registry.add_backend("fake-chat", backend.url)
     keys = [registry.add_key(name) for name in KEYS]
     options: dict[str, Any] = {"ledger_flush_s": 0.1, "ledger_max_rows": 4,
-                               "ledger_spill_dir": str(tmp_path / "spill")}
+                               "ledger_spill_dir": str(tmp_path / "spill"), "admin_token": ADMIN}
     router = make_router(**options)
     with Load(router.base_url, keys) as load:
         time.sleep(0.5)
         private_pg.stop()
         wait_for(lambda: ledger_of(router).spilled > 0)  # past the bound: in the spill file
+        during = metrics(router)
+        assert during["llm_router_ledger_spill_file_rows"] > 0
+        assert during["llm_router_ledger_spilled_rows_total"] > 0
+        assert during['llm_router_database_errors_total{source="ledger"}'] > 0
         served_in_outage = len(load.served)
         time.sleep(1.0)
         assert len(load.served) > served_in_outage  # still serving, from the last snapshot
@@ -105,6 +118,9 @@ def test_an_outage_under_load_loses_no_request_and_no_usage_row_and_doubles_none
         time.sleep(1.0)
     assert load.failed == [] and len(load.served) > 20
     wait_for(lambda: (ledger_of(router).pending, ledger_of(router).spilled) == (0, 0))
+    after = metrics(router)
+    assert (after["llm_router_ledger_pending_rows"], after["llm_router_ledger_spill_file_rows"]) == (0, 0)
+    assert after["llm_router_ledger_written_rows_total"] >= after["llm_router_ledger_spilled_rows_total"] > 0
 
     # A second outage, and the router is stopped during it: its usage waits in the spill file
     # for the next router on the same folder.
