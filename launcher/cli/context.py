@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session
 
 from launcher.cli.errors import cli_errors
@@ -42,13 +43,21 @@ class CliContext:
         """The registry engine, created and migrated on first use."""
         if self._engine is None:
             with cli_errors(RegistryError, OperationalError,
-                            message=lambda exc: f"registry {self.db_url}: {_one_line(exc)}"):
+                            message=lambda exc: f"registry {_shown(self.db_url)}: {_one_line(exc)}"):
                 self._engine = open_engine(self.db_url)
         return self._engine
 
     def session(self) -> Session:
         """A new session on the registry."""
         return session_factory(self.engine)()
+
+
+def _shown(url: str) -> str:
+    """URL without its password (a PostgreSQL URL may carry one)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
 
 
 def _one_line(exc: Exception) -> str:

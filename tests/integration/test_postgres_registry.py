@@ -104,3 +104,9 @@ def test_a_serialization_failure_on_postgresql_is_run_again(pg_url: str) -> None
 def _set_rpm(engine: Engine, rpm: int) -> None:
     with engine.begin() as conn:
         conn.execute(text("UPDATE api_keys SET rpm = :rpm WHERE name = 'alice'"), {"rpm": rpm})
+
+
+def test_an_unreachable_database_is_a_one_line_error_without_its_password() -> None:
+    code, out = cli("postgresql+psycopg://llm:s3cret-pw@127.0.0.1:1/none", "keys", "list")
+    assert code == 1 and out.startswith("Error: registry postgresql+psycopg://llm:***@127.0.0.1:1/none: ")
+    assert "s3cret-pw" not in out and len(out.strip().splitlines()) == 1
