@@ -47,7 +47,7 @@ def test_migrations_reach_head_and_keys_round_trip(engine: Engine) -> None:
 def test_several_processes_migrating_one_fresh_database_at_once_all_succeed(db_url: str) -> None:
     # Every process imports first, then all start migrating at the same instant.
     start = time.time() + 3.0
-    program = f"import time; from launcher.cli import main; time.sleep({start} - time.time()); main()"
+    program = f"import time; from launcher.cli import main; time.sleep(max(0, {start} - time.time())); main()"
     command = [sys.executable, "-c", program, "--db", db_url, "db", "upgrade"]
     procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(4)]
