@@ -152,7 +152,10 @@ class Ledger:
                 await asyncio.wait_for(self._stop.wait(), self._flush_s)
             except TimeoutError:
                 pass
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:  # e.g. a spill file that cannot be read: the loop must outlive it
+                log.exception("usage ledger: a flush failed; the next one tries again")
             if time.time() - self._last_prune >= PRUNE_EVERY_S:
                 await self._prune(time.time())
 
@@ -233,11 +236,18 @@ class Ledger:
         moved: list[Batch] = []
         while self._queue and self.pending > keep_rows:
             moved.append(self._queue.popleft())
-        if moved:
+        if not moved:
+            return
+        try:
             await asyncio.to_thread(self._spill.append, moved)
-            self.spilled_rows_total += sum(b.rows for b in moved)
-            log.warning("usage ledger: the database is unavailable; %d rows spilled to %s",
-                        sum(b.rows for b in moved), self._spill.directory)
+        except OSError as exc:  # a full or unwritable disk: keep them in memory, past the bound
+            self._queue.extendleft(reversed(moved))
+            log.error("usage ledger: cannot spill to %s (%s); %d rows stay in memory",
+                      self._spill.directory, exc, self.pending)
+            return
+        self.spilled_rows_total += sum(b.rows for b in moved)
+        log.warning("usage ledger: the database is unavailable; %d rows spilled to %s",
+                    sum(b.rows for b in moved), self._spill.directory)
 
     async def _prune(self, now: float) -> None:
         self._last_prune = now

@@ -130,3 +130,19 @@ async def test_a_live_routers_spill_file_is_not_adopted_and_other_registries_are
     assert totals(engine) == {1: (1, 10)} and live.spilled == 0
     await other.close()
     await live.close()
+
+
+async def test_a_spill_folder_that_cannot_be_written_keeps_the_rows_in_memory(
+    engine: Engine, tmp_path: Path,
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    ledger = Ledger(engine, max_rows=1, spill_dir=blocker / "spill")
+    take_down(engine)
+    for key in (1, 2, 3):
+        record(ledger, key)
+        await ledger.flush()  # never raises: the flush loop must survive it
+    assert (ledger.pending, ledger.spilled) == (3, 0)
+    bring_back(engine)
+    await ledger.flush()
+    assert totals(engine) == {key: (1, 10) for key in (1, 2, 3)}
