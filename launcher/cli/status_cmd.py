@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from launcher.cli.context import CliContext, echo_json, echo_table
+from launcher.core.catalog import Catalog, CatalogError, load_catalog, resolve_catalog_path
 from launcher.core.db import utcnow
 from launcher.core.deployments import DeploymentRecord, list_deployments
 from launcher.core.settings import Settings
@@ -55,9 +56,18 @@ def _gather(obj: CliContext, show_all: bool, router_url: str) -> dict[str, Any]:
         rows = list_deployments(session, include_gone=show_all)
         targets = load_targets(session)
         cluster = obj.settings.cluster
-        within = {m: s + cluster.successor_lead_margin_s for m, s in start_ups(session, cluster).items()}
+        starts = start_ups(session, cluster, _catalog_or_none(cluster.catalog))
+        within = {m: s + cluster.successor_lead_margin_s for m, s in starts.items()}
     live = fetch_router_status(router_url, obj.settings.router.admin_token)
     return build_report(rows, targets, live, utcnow(), cluster.successor_late_s, within)
+
+
+def _catalog_or_none(path: str) -> Catalog | None:
+    """The catalog, for each model's start deadline; a broken one must not take `status` down."""
+    try:
+        return load_catalog(resolve_catalog_path(None, path))
+    except (CatalogError, OSError):
+        return None
 
 
 def default_router_url(settings: Settings) -> str:

@@ -17,6 +17,10 @@ from launcher.core.settings import ClusterSettings
 
 # Rows read per pass for the history: enough for the last N jobs of a few dozen models.
 _HISTORY_ROWS = 2000
+# Until a model has this many start-ups on record, its lead counts on its start deadline: a first
+# job that started at once on an empty node says little about a successor that must start beside
+# a busy replica (seen: 22 s, then 263 s for the same vLLM job).
+LEARNED_AFTER = 3
 
 
 def recent_startups(session: Session, per_model: int) -> dict[str, list[float]]:
@@ -36,19 +40,35 @@ def handover_policy(catalog: Catalog, cluster: ClusterSettings, startups: Mappin
     limit first, and `handover_problems` says when a limit is too short for the lead.
     """
     limits = time_limits(catalog.entries, cluster)
+    deadlines = start_deadlines(catalog, cluster)
     leads, within = {}, {}
     for model in catalog.entries:
-        start = start_up_s(startups.get(model, ()), cluster.successor_lead_percentile)
+        start = expected_start_s(startups.get(model, ()), cluster.successor_lead_percentile, deadlines[model])
         leads[model] = successor_lead_s(cluster, start)
         within[model] = start + cluster.successor_lead_margin_s
     return Handover(leads, successor_lead_s(cluster, 0.0), cluster.successor_late_s, windows, limits,
                     ready_within_s=within, last_safe_s=last_safe_s(cluster))
 
 
-def start_ups(session: Session, cluster: ClusterSettings) -> dict[str, float]:
-    """Each model's learned start-up (the percentile of its recent submit-to-ready times)."""
+def expected_start_s(startups: Sequence[float], percentile: float, deadline_s: float) -> float:
+    """The start-up a lead counts on: the learned percentile, at least DEADLINE_S until LEARNED_AFTER were seen."""
+    learned = start_up_s(startups, percentile)
+    return learned if len(startups) >= LEARNED_AFTER else max(learned, deadline_s)
+
+
+def start_deadlines(catalog: Catalog | None, cluster: ClusterSettings) -> dict[str, float]:
+    """Each catalog model's start deadline (its own, else the cluster's)."""
+    entries = catalog.entries if catalog else {}
+    return {name: float(e.start_deadline or cluster.start_deadline_s) for name, e in entries.items()}
+
+
+def start_ups(session: Session, cluster: ClusterSettings, catalog: Catalog | None = None) -> dict[str, float]:
+    """Each model's expected start-up, as the handover lead counts it (see expected_start_s)."""
     recent = recent_startups(session, cluster.successor_lead_history)
-    return {model: start_up_s(times, cluster.successor_lead_percentile) for model, times in recent.items()}
+    deadlines = start_deadlines(catalog, cluster)
+    return {model: expected_start_s(recent.get(model, ()), cluster.successor_lead_percentile,
+                                    deadlines.get(model, float(cluster.start_deadline_s)))
+            for model in set(recent) | set(deadlines)}
 
 
 def windows_at(windows: Sequence[Window], now: datetime) -> tuple[Window, ...]:

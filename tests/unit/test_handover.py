@@ -165,12 +165,24 @@ def test_lead_covers_signal_lead_slurms_resolution_start_up_and_margin() -> None
     assert handover.lead("m") == 120 + 60 + 178 + 120
     assert handover.ready_within_s["m"] == 178 + 120 and handover.last_safe_s == 60 + 10
     # the floor still holds, and a drain threshold above the signal's reach counts instead of it
-    assert _policy("4:00:00", successor_lead_floor_s=900).lead("m") == 900
-    assert _policy("4:00:00", drain_threshold_s=400).lead("m") == 410 + 0 + 120
+    assert _policy("4:00:00", {"m": [10.0] * 3}, successor_lead_floor_s=900).lead("m") == 900
+    assert _policy("4:00:00", {"m": [0.0] * 3}, drain_threshold_s=400).lead("m") == 410 + 0 + 120
+
+
+def test_until_three_start_ups_were_seen_the_lead_counts_on_the_start_deadline() -> None:
+    # one quick start on an empty node (22 s) must not plan a successor that starts beside a busy
+    # replica: the cluster's start_deadline_s (900) counts until three were seen
+    assert _policy("12:00:00", {"m": [22.0]}).lead("m") == 120 + 60 + 900 + 120
+    assert _policy("12:00:00", {}).ready_within_s["m"] == 900 + 120
+    assert _policy("12:00:00", {"m": [22.0, 30.0, 25.0]}).lead("m") == 120 + 60 + 30 + 120
+    # a catalog entry's own start deadline counts instead of the cluster's
+    catalog = catalog_from_dict({"models": {"m": {"engine": "command", "weights": "none", "command": ["x"],
+                                                  "time": "12:00:00", "start_deadline": 300}}}, "c.toml", {})
+    assert handover_policy(catalog, ClusterSettings(), {"m": [22.0]}).lead("m") == 120 + 60 + 300 + 120
 
 
 def test_lead_is_not_capped_by_a_short_limit_and_the_limit_is_reported() -> None:
-    handover = _policy("3", {"m": [150.0]})
+    handover = _policy("3", {"m": [150.0] * 3})
     assert handover.lead("m") == 120 + 60 + 150 + 120  # the learned start-up is kept
     cluster = ClusterSettings()
     (line,) = handover_problems({"m": 180.0}, cluster, {"m": 150.0})
