@@ -84,6 +84,10 @@ class FakeBackend:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        for path in ("/v1/rerank", "/rerank", "/v2/rerank"):
+            app.router.add_post(path, self._rerank)
+        for path in ("/v1/score", "/score"):
+            app.router.add_post(path, self._score)
         app.router.add_post("/v1/audio/transcriptions", self._audio)
         app.router.add_post("/v1/audio/translations", self._audio)
         return app
@@ -145,6 +149,33 @@ class FakeBackend:
         tokens = sum(len(str(x).split()) for x in inputs)
         return self._send_json({"object": "list", "data": data, "model": doc["model"],
                                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    async def _rerank(self, request: web.Request) -> web.Response:
+        """vLLM's rerank answer: results by falling relevance (words shared with the query), total_tokens only."""
+        body = await self._record(request)
+        if (denied := self._denied(request)) is not None:
+            return denied
+        doc = json.loads(body)
+        query, documents = doc["query"], doc["documents"]
+        scored = sorted(((_overlap(query, d), i, d) for i, d in enumerate(documents)), key=lambda t: (-t[0], t[1]))
+        results = [{"index": i, "document": {"text": d}, "relevance_score": score}
+                   for score, i, d in scored[:doc.get("top_n") or len(documents)]]
+        tokens = sum(len(str(x).split()) for x in [query, *documents])
+        usage = self.config.usage if self.config.usage is not AUTO else {"total_tokens": tokens}
+        return self._send_json({"id": "rerank-1", "model": doc["model"], "usage": usage, "results": results})
+
+    async def _score(self, request: web.Request) -> web.Response:
+        """vLLM's score answer: one score per text_2 against text_1."""
+        body = await self._record(request)
+        if (denied := self._denied(request)) is not None:
+            return denied
+        doc = json.loads(body)
+        pairs = doc["text_2"] if isinstance(doc["text_2"], list) else [doc["text_2"]]
+        data = [{"index": i, "object": "score", "score": _overlap(doc["text_1"], t)} for i, t in enumerate(pairs)]
+        tokens = sum(len(str(x).split()) for x in [doc["text_1"], *pairs])
+        usage = (self.config.usage if self.config.usage is not AUTO
+                 else {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0})
+        return self._send_json({"id": "score-1", "object": "list", "model": doc["model"], "data": data, "usage": usage})
 
     async def _audio(self, request: web.Request) -> web.Response:
         body = await self._record(request)
@@ -274,6 +305,12 @@ class FakeBackend:
         assert request.transport is not None
         request.transport.abort()
         return response
+
+
+def _overlap(query: Any, text: Any) -> float:
+    """A relevance score in [0, 1]: the share of the query's words in TEXT."""
+    words = set(str(query).lower().split())
+    return len(words & set(str(text).lower().split())) / max(1, len(words))
 
 
 def _count(value: Any) -> int:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-CAPABILITIES = ("chat", "vision", "reasoning", "embeddings", "transcription", "tools")
+CAPABILITIES = ("chat", "vision", "reasoning", "embeddings", "transcription", "tools", "rerank")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PUBLIC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 _TIME = re.compile(r"^(?:\d+-)?\d+(?::\d+){0,2}$")

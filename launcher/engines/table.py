@@ -13,13 +13,14 @@ from types import MappingProxyType
 __all__ = ["DEFAULT_SECRET_ENV", "ENGINES", "EXTERNAL", "KINDS", "KIND_ENDPOINTS", "EngineSpec", "command_engines"]
 
 # What a server does; it also decides how the router health-checks it.
-KINDS = ("chat", "embeddings", "transcription")
+KINDS = ("chat", "embeddings", "transcription", "rerank")
 # The router endpoints (named as in router/api/paths.py) a server of each kind answers; the
 # router refuses the others for that model instead of forwarding them to a server that cannot.
 KIND_ENDPOINTS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "chat": ("chat", "completions"),
     "embeddings": ("embeddings",),
     "transcription": ("transcriptions", "translations"),
+    "rerank": ("rerank", "score"),  # cross-encoders; an embeddings entry with capability "rerank" too
 })
 # Where a job's server finds the bearer secret it must require (argv is public, env is not).
 DEFAULT_SECRET_ENV = "LLM_LAUNCH_BACKEND_SECRET"

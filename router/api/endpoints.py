@@ -194,6 +194,19 @@ async def list_models(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
 
 
+async def retrieve_model(request: web.Request) -> web.Response:
+    """GET /v1/models/{model}: the entry of the list; the same 404 for an unknown and a forbidden name."""
+    key = authorized(request)
+    state = request.app[STATE]
+    name = request.match_info["model"]
+    found = next((e for e in list_entries(state.names, state.view.snapshot, key) if e["id"] == name), None)
+    if found is None:  # the list holds only what the key may use: no hint that a forbidden name exists
+        raise RouterError(404, f"The model {name!r} does not exist", param="model", code="model_not_found")
+    if (window := announcement(request.app, utcnow())) is not None:
+        found["maintenance"] = window
+    return web.Response(body=orjson.dumps(found), content_type="application/json")
+
+
 async def health(request: web.Request) -> web.Response:
     """GET /health (no key): the router is up; how many models could be served right now."""
     pools = request.app[STATE].view.snapshot.pools.values()
@@ -208,4 +221,5 @@ def add_routes(app: web.Application) -> None:
     for path, endpoint in AUDIO_ENDPOINTS.items():
         app.router.add_post(path, audio_handler(endpoint))
     app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model:.+}", retrieve_model)  # names may hold "/" (org/model)
     app.router.add_get("/health", health)

@@ -1,7 +1,9 @@
 """A model serves the endpoints of its kind only: a request to another is refused, not forwarded.
 
 The kind comes from the catalog entry of a public name, else from the registry rows of a
-registered name; the rule (kind -> endpoints) is the engines table's KIND_ENDPOINTS.
+registered name; the rule (kind -> endpoints) is the engines table's KIND_ENDPOINTS. A catalog
+entry's capabilities that name a kind add that kind's endpoints (an embeddings model that vLLM
+also serves for rerank and score has capabilities ["embeddings", "rerank"]).
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from router.api.paths import AUDIO_ENDPOINTS, JSON_ENDPOINTS
 from router.errors import RouterError
 from router.state import RouterState
 
-# Endpoint name -> its path, for messages that say where to send the request instead.
-_PATHS = {endpoint: path for path, endpoint in {**JSON_ENDPOINTS, **AUDIO_ENDPOINTS}.items()}
+# Endpoint name -> its first path, for messages that say where to send the request instead.
+_PATHS = {endpoint: path for path, endpoint in reversed({**JSON_ENDPOINTS, **AUDIO_ENDPOINTS}.items())}
 
 
 def model_kinds(state: RouterState, model: str) -> tuple[str, ...]:
@@ -20,7 +22,8 @@ def model_kinds(state: RouterState, model: str) -> tuple[str, ...]:
     names = state.names
     route = names.routes.get(model)
     if route is not None:
-        return (route.entry.kind,)
+        entry = route.entry
+        return tuple(dict.fromkeys((entry.kind, *(c for c in entry.capabilities if c in KIND_ENDPOINTS))))
     if names.hidden(model):  # an entry name: ready_pool answers 404 without telling more
         return ()
     pool = state.view.snapshot.pools.get(model)

@@ -44,9 +44,11 @@ def _responses(ok: Schema, *errors: int) -> Schema:
 
 
 def _op(op_id: str, summary: str, responses: Schema, *, body: Schema | None = None,
-        security: list[Any] | None = None) -> Schema:
+        security: list[Any] | None = None, params: list[Schema] | None = None) -> Schema:
     op: Schema = {"operationId": op_id, "summary": summary, "responses": responses,
                   "security": BEARER if security is None else security}
+    if params:
+        op["parameters"] = params
     if body is not None:
         op["requestBody"] = {"required": True, "content": body}
     return op
@@ -80,6 +82,9 @@ SCHEMAS: Schema = {
     "EmbeddingRequest": _object(["model", "input"], model=MODEL, input={},
                                 encoding_format={"type": "string", "enum": ["float", "base64"]},
                                 dimensions=INT),
+    "RerankRequest": _object(["model", "query", "documents"], model=MODEL, query=STR,
+                             documents={"type": "array", "items": {}}, top_n=INT),
+    "ScoreRequest": _object(["model", "text_1", "text_2"], model=MODEL, text_1={}, text_2={}),
     "AudioRequest": {
         "type": "object", "required": ["file", "model"],
         "properties": {"file": {"type": "string", "format": "binary"}, "model": MODEL, "language": STR,
@@ -110,6 +115,12 @@ OPERATIONS: dict[tuple[str, str], Schema] = {
     ("post", "/v1/embeddings"): _op("createEmbedding", "Embeddings",
                                     _responses(_json(_ref("Embeddings")), *PROXIED),
                                     body=_json(_ref("EmbeddingRequest"))),
+    **{("post", path): _op(f"rerank{suffix}", "Documents ordered by relevance to a query (rerank models)",
+                           _responses(ANY_OUT, *PROXIED), body=_json(_ref("RerankRequest")))
+       for path, suffix in (("/v1/rerank", ""), ("/rerank", "NoVersion"), ("/v2/rerank", "V2"))},
+    **{("post", path): _op(f"score{suffix}", "Relevance scores of text pairs (rerank models)",
+                           _responses(ANY_OUT, *PROXIED), body=_json(_ref("ScoreRequest")))
+       for path, suffix in (("/v1/score", ""), ("/score", "NoVersion"))},
     ("post", "/v1/audio/transcriptions"): _op(
         "createTranscription", "Speech to text (multipart upload, forwarded byte for byte)",
         _responses(AUDIO_OUT, *PROXIED), body={"multipart/form-data": {"schema": _ref("AudioRequest")}}),
@@ -118,6 +129,9 @@ OPERATIONS: dict[tuple[str, str], Schema] = {
         _responses(AUDIO_OUT, *PROXIED), body={"multipart/form-data": {"schema": _ref("AudioRequest")}}),
     ("get", "/v1/models"): _op("listModels", "The models this key may use, with their status",
                                _responses(_json(_ref("ModelList")), 401)),
+    ("get", "/v1/models/{model}"): _op(
+        "retrieveModel", "One model of the list (404 for a name this key may not use, as for an unknown one)",
+        _responses(ANY_OUT, 401, 404), params=[{"name": "model", "in": "path", "required": True, "schema": STR}]),
     ("get", "/v1/me"): _op("getMe", "The key's own limits, remaining windows and usage (free)",
                            _responses(ANY_OUT, 401)),
     ("get", "/health"): _op("health", "The router is up (no key)", _responses(ANY_OUT), security=[]),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 JSON_ENDPOINTS = {
     "/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings",
+    # vLLM's paths for both (Jina/Cohere-style rerank; score pairs text_1 with text_2)
+    "/v1/rerank": "rerank", "/rerank": "rerank", "/v2/rerank": "rerank", "/v1/score": "score", "/score": "score",
 }
 AUDIO_ENDPOINTS = {"/v1/audio/transcriptions": "transcriptions", "/v1/audio/translations": "translations"}
 STREAM_USAGE = frozenset({"chat", "completions"})  # endpoints that know stream_options

@@ -29,6 +29,8 @@ def rejected(reason: str) -> Usage:
 
 def token_usage(usage: dict[str, Any]) -> Usage:
     """Usage from a parsed token `usage` object; a missing or null count is 0."""
+    if "prompt_tokens" not in usage and "completion_tokens" not in usage and "total_tokens" in usage:
+        usage = {"prompt_tokens": usage["total_tokens"]}  # rerank answers count input tokens only
     details = usage.get("completion_tokens_details")
     if details is not None and not isinstance(details, dict):
         return rejected(f"completion_tokens_details={_show(details)}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import openai
 import pytest
 
@@ -79,6 +81,28 @@ def test_models_lists_known_models_with_status(stack: Stack) -> None:
     models = {m.id: m for m in client(stack).models.list()}
     assert set(models) == {"fake-chat", "fake-embed", "fake-whisper"}
     assert all(m.model_extra and m.model_extra["status"] == "ready" for m in models.values())
+
+
+def test_models_retrieve_gives_the_lists_entry_and_one_404_for_unknown_and_forbidden(stack: Stack) -> None:
+    listed = {m.id: m for m in client(stack).models.list()}
+    for name in listed:
+        assert client(stack).models.retrieve(name) == listed[name]
+    only_chat = stack.registry.add_key("carol", models=["fake-chat"])
+    limited = openai.OpenAI(base_url=stack.router.base_url, api_key=only_chat, max_retries=0)
+    wait_until = time.monotonic() + 5  # the router picks the new key up on its next registry read
+    while time.monotonic() < wait_until:
+        try:
+            assert limited.models.retrieve("fake-chat").id == "fake-chat"
+            break
+        except openai.AuthenticationError:
+            time.sleep(0.05)
+    messages = []
+    for name in ("fake-embed", "no-such-model"):  # forbidden to this key, unknown to everyone
+        with pytest.raises(openai.NotFoundError) as caught:
+            limited.models.retrieve(name)
+        assert caught.value.code == "model_not_found"
+        messages.append(caught.value.message.replace(name, "NAME"))
+    assert messages[0] == messages[1]  # nothing tells a forbidden name from an unknown one
 
 
 def test_wrong_key_is_an_authentication_error(stack: Stack) -> None:

@@ -25,7 +25,7 @@ def test_production_catalog_serves_the_public_models_of_the_api_page() -> None:
     catalog = load_catalog(packaged_catalog("production"), environ={})
     names = {n for e in catalog.entries.values() for n in e.public_names}
     assert names == {"qwen3.5-122b", "qwen3.5-122b-nonthinking", "gemma-4-31B-it",
-                     "whisper-large-v3", "qwen3-embedding-8B"}
+                     "whisper-large-v3", "qwen3-embedding-8B", "qwen3-reranker-8B"}
     qwen = catalog.entry("qwen3.5-122b-nonthinking")
     assert qwen.name == "qwen3-5-122b" and "vision" in qwen.capabilities
     nonthinking = catalog.public_name("qwen3.5-122b-nonthinking")
@@ -37,6 +37,9 @@ def test_production_catalog_serves_the_public_models_of_the_api_page() -> None:
     embed = catalog.entry("qwen3-embedding-8B")
     assert embed.dimensions == 4096 and "--runner" in embed.engine_args
     assert catalog.entry("whisper-large-v3").engine == "whisper"
+    reranker = catalog.entry("qwen3-reranker-8B")
+    # vLLM's documented flags for the original Qwen3-Reranker (a classifier over "no"/"yes")
+    assert reranker.kind == "rerank" and "Qwen3ForSequenceClassification" in " ".join(reranker.engine_args)
 
 
 def test_demo_catalog_expands_weights_from_the_environment() -> None:

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SECRETS = JobSecrets(registration_token="t", backend_secret="s")
 SPEC = JobSpec(log_dir="/logs", python="/venv/bin/python")
 # Size on disk of each production entry's weights (GB), as the hub lists them.
-WEIGHTS_GB = {"qwen3-5-122b": 65, "gemma-4-31b-it": 62, "whisper-large-v3": 3, "qwen3-embedding-8b": 16}
+WEIGHTS_GB = {"qwen3-5-122b": 65, "gemma-4-31b-it": 62, "whisper-large-v3": 3, "qwen3-embedding-8b": 16,
+              "qwen3-reranker-8b": 16}
 HEADROOM_GB_PER_GPU = 16
 _UNITS = {"K": 1 / 1024 ** 2, "M": 1 / 1024, "G": 1, "T": 1024}
 
