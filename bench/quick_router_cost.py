@@ -1,11 +1,14 @@
 """Quick router cost: CPU per request of the proxy process and added p50 latency, same run.
 
-    .venv/bin/python bench/quick_router_cost.py [--requests 3000]
+    .venv/bin/python bench/quick_router_cost.py [--requests 3000] [--apis]
 
 Starts the fake backend (tests/fake_backend.py), a bare aiohttp pass-through proxy (the floor),
 and `llm-launch router` twice (accounting on and off) on loopback, then sends the same chat
 request to each: at concurrency 1 for latency, at concurrency 16 for CPU. CPU time is read from
 /proc/PID/task/*/schedstat (nanoseconds, all threads of the proxy process).
+
+--apis: instead, the router's (accounting on) CPU per request for the same question asked as a
+chat completion, a Responses API request and an Anthropic Messages request, in one run.
 """
 
 from __future__ import annotations
@@ -25,6 +28,13 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
 BODY = b'{"model":"fake-chat","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":16}'
+# The same question in each API the router serves for chat models.
+API_BODIES = {
+    "/v1/chat/completions": BODY,
+    "/v1/responses": b'{"model":"fake-chat","input":"Say hello in five words.","max_output_tokens":16}',
+    "/v1/messages": b'{"model":"fake-chat","messages":[{"role":"user","content":"Say hello in five words."}],'
+                    b'"max_tokens":16}',
+}
 
 
 def free_port() -> int:
@@ -102,8 +112,8 @@ def _run(coro: object) -> None:
         asyncio.run(coro)  # type: ignore[arg-type]
 
 
-async def load(url: str, key: str, count: int, concurrency: int) -> list[float]:
-    """Send COUNT requests with CONCURRENCY workers; latencies in seconds."""
+async def load(url: str, key: str, count: int, concurrency: int, body: bytes = BODY) -> list[float]:
+    """Send COUNT requests (BODY) with CONCURRENCY workers; latencies in seconds."""
     latencies: list[float] = []
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -113,7 +123,7 @@ async def load(url: str, key: str, count: int, concurrency: int) -> list[float]:
             while remaining[0] > 0:
                 remaining[0] -= 1
                 start = time.perf_counter()
-                async with session.post(url, data=BODY, headers=headers) as reply:
+                async with session.post(url, data=body, headers=headers) as reply:
                     await reply.read()
                     assert reply.status == 200, reply.status
                 latencies.append(time.perf_counter() - start)
@@ -178,6 +188,7 @@ def setup_registry(tmp: Path, backend_url: str, stream_url: str) -> tuple[str, s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--apis", action="store_true", help="CPU per request of chat, Responses and Messages.")
     parser.add_argument("--floor-proxy", nargs=3, metavar=("PORT", "UPSTREAM", "KEY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.floor_proxy:
@@ -187,14 +198,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         try:
-            run_all(tmp, procs, args.requests)
+            run_all(tmp, procs, args.requests, args.apis)
         finally:
             for proc in procs:
                 proc.terminate()
                 proc.wait(30)
 
 
-def run_all(tmp: Path, procs: list[subprocess.Popen[bytes]], count: int) -> None:
+def run_all(tmp: Path, procs: list[subprocess.Popen[bytes]], count: int, apis: bool = False) -> None:
     def spawn(*argv: str) -> subprocess.Popen[bytes]:
         env = {**os.environ, "LLM_LAUNCH_CONFIG": str(tmp / "settings.toml"), "PYTHONPATH": str(ROOT)}
         log = open(tmp / f"proc{len(procs)}.log", "wb")  # the router's one line per request goes here
@@ -220,6 +231,9 @@ def run_all(tmp: Path, procs: list[subprocess.Popen[bytes]], count: int) -> None
         for log in sorted(tmp.glob("proc*.log")):
             print(log.name, log.read_text()[-2000:], file=sys.stderr)
         raise
+    if apis:
+        api_costs(f"http://127.0.0.1:{router_port}", router.pid, key, count)
+        return
     path = "/v1/chat/completions"
     rows = [
         measure("direct (fake backend)", backend + path, None, key, count),
@@ -228,6 +242,23 @@ def run_all(tmp: Path, procs: list[subprocess.Popen[bytes]], count: int) -> None
         measure("router, --no-accounting", f"http://127.0.0.1:{bare_port}{path}", bare.pid, key, count),
     ]
     report(rows)
+
+
+def api_costs(router: str, pid: int, key: str, count: int) -> None:
+    """The router's CPU per request for each API, interleaved in rounds so that noise hits all alike."""
+    spent = dict.fromkeys(API_BODIES, 0)
+    for path, body in API_BODIES.items():  # warm-up
+        asyncio.run(load(router + path, key, 300, 4, body))
+    for _ in range(3):
+        for path, body in API_BODIES.items():
+            before = cpu_ns(pid)
+            asyncio.run(load(router + path, key, count // 3, 16, body))
+            spent[path] += cpu_ns(pid) - before
+    chat = spent["/v1/chat/completions"]
+    print(f"{'endpoint':24} {'CPU us/req':>10} {'x chat':>7}")
+    for path, ns in spent.items():
+        print(f"{path:24} {ns / (count // 3 * 3) / 1000:10.1f} {ns / chat:7.2f}")
+    print(f"router with accounting on, {count // 3 * 3} requests each at concurrency 16, in 3 interleaved rounds")
 
 
 def report(rows: list[dict[str, float | str]]) -> None:

@@ -29,6 +29,12 @@ TYPES = {
     413: "invalid_request_error", 431: "invalid_request_error", 429: "rate_limit_error",
     500: "server_error", 502: "server_error", 503: "server_error", 504: "server_error", 508: "server_error",
 }
+# Anthropic's error type for each status, on its paths (see ANTHROPIC_PREFIX).
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+    413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error",
+}
+ANTHROPIC_PREFIX = "/v1/messages"
 MAX_REQUEST_ID = 128
 CLIENT_GONE = 499  # nginx's status for "client closed the connection", used in logs and ledger
 LOOP_MESSAGE = ("This request already passed through this router: a backend is registered at the router's own "
@@ -60,9 +66,18 @@ def envelope(status: int, message: str, code: str | None = None, param: str | No
     return orjson.dumps({"error": error})
 
 
-def error_response(err: RouterError) -> web.Response:
-    """A JSON response with ERR's status, envelope and extra headers."""
-    body = envelope(err.status, err.message, err.code, err.param)
+def anthropic_envelope(status: int, message: str) -> bytes:
+    """Anthropic's error body, `{"type": "error", "error": {"type", "message"}}`, for STATUS."""
+    kind = ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
+
+
+def error_response(err: RouterError, path: str = "") -> web.Response:
+    """A JSON response with ERR's status, extra headers and the envelope of PATH's API."""
+    if path.startswith(ANTHROPIC_PREFIX):
+        body = anthropic_envelope(err.status, err.message)
+    else:
+        body = envelope(err.status, err.message, err.code, err.param)
     headers = {"Content-Type": "application/json", **err.headers}
     return web.Response(status=err.status, body=body, headers=headers)
 
@@ -114,9 +129,9 @@ async def _handle(request: web.Request, handler: Handler, hop_id: str) -> web.St
             raise RouterError(508, LOOP_MESSAGE, code="loop_detected")
         return await handler(request)
     except RouterError as err:
-        return error_response(err)
+        return error_response(err, request.path)
     except web.HTTPException as exc:
-        return _from_http_exception(exc)
+        return _from_http_exception(exc, request.path)
     except web.RequestPayloadError:  # e.g. a body that is not the gzip its header claims
         message = "The request body could not be read: its Content-Encoding does not match it, or it was cut short"
         return _body_lost(request, RouterError(400, message, code="invalid_body"))
@@ -126,7 +141,7 @@ async def _handle(request: web.Request, handler: Handler, hop_id: str) -> web.St
         raise
     except Exception:
         LOG.exception("unexpected error on %s %s", request.method, request.path)
-        return error_response(RouterError(500, "internal router error", code="internal_error"))
+        return error_response(RouterError(500, "internal router error", code="internal_error"), request.path)
 
 
 def _body_lost(request: web.Request, err: RouterError) -> web.Response:
@@ -136,12 +151,12 @@ def _body_lost(request: web.Request, err: RouterError) -> web.Response:
     would raise the same error there and log it as unhandled).
     """
     request.content.feed_eof()
-    response = error_response(err)
+    response = error_response(err, request.path)
     response.force_close()
     return response
 
 
-def _from_http_exception(exc: web.HTTPException) -> web.StreamResponse:
+def _from_http_exception(exc: web.HTTPException, path: str) -> web.StreamResponse:
     """aiohttp's own 404/405/413 in the envelope; redirects and successes stay as they are."""
     if exc.status < 400:
         return exc
@@ -154,7 +169,7 @@ def _from_http_exception(exc: web.HTTPException) -> web.StreamResponse:
     err = RouterError(exc.status, message, code=_code(exc.status))
     if exc.status == 405 and "Allow" in exc.headers:
         err.headers["Allow"] = exc.headers["Allow"]
-    return error_response(err)
+    return error_response(err, path)
 
 
 def _code(status: int) -> str | None:

@@ -20,6 +20,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests import fake_dialects
+
 FAILURES = ("die_mid_stream", "stall", "500", "close_after_headers")
 
 
@@ -84,6 +86,7 @@ class FakeBackend:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        fake_dialects.mount(app, self)
         for path in ("/v1/rerank", "/rerank", "/v2/rerank"):
             app.router.add_post(path, self._rerank)
         for path in ("/v1/score", "/score"):
@@ -192,6 +195,10 @@ class FakeBackend:
         return self._send_json({"text": text, "usage": usage})
 
     # --- helpers -------------------------------------------------------------------------
+
+    def given_usage(self) -> Any:
+        """The configured `usage` when one replaces the computed counts, else None."""
+        return None if self.config.usage is AUTO else self.config.usage
 
     async def _record(self, request: web.Request) -> bytes:
         body = await request.read()

@@ -17,7 +17,7 @@ KINDS = ("chat", "embeddings", "transcription", "rerank")
 # The router endpoints (named as in router/api/paths.py) a server of each kind answers; the
 # router refuses the others for that model instead of forwarding them to a server that cannot.
 KIND_ENDPOINTS: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    "chat": ("chat", "completions"),
+    "chat": ("chat", "completions", "responses", "messages", "count_tokens"),
     "embeddings": ("embeddings",),
     "transcription": ("transcriptions", "translations"),
     "rerank": ("rerank", "score"),  # cross-encoders; an embeddings entry with capability "rerank" too

@@ -11,6 +11,15 @@ from launcher.core.keys import KeyRecord
 from router.errors import RouterError
 
 BEARER = "bearer "
+API_KEY_HEADER = "x-api-key"  # how the anthropic SDK and Claude Code send the key
+
+
+def authorization(headers: Mapping[str, str]) -> str | None:
+    """The Authorization header, else an `x-api-key` presented as one."""
+    header = headers.get("Authorization")
+    if header is None and (api_key := headers.get(API_KEY_HEADER)):
+        return BEARER + api_key
+    return header
 
 
 def presented_key(header: str | None) -> str:

@@ -52,7 +52,8 @@ def inspect(doc: dict[str, Any]) -> JsonRequest:
         raise RouterError(400, "You must provide a model parameter", param="model", code="missing_model")
     options = doc.get("stream_options")
     wants_usage = isinstance(options, dict) and options.get("include_usage") is True
-    max_tokens = _positive(doc.get("max_completion_tokens", doc.get("max_tokens")), 0)
+    asked = doc.get("max_completion_tokens", doc.get("max_tokens", doc.get("max_output_tokens")))
+    max_tokens = _positive(asked, 0)  # max_output_tokens: the Responses API's name
     return JsonRequest(model, doc.get("stream") is True, wants_usage, max_tokens,
                        _positive(doc.get("n"), 1), _positive(doc.get("best_of"), 1))
 

@@ -11,7 +11,7 @@ from router.api.body import JsonRequest
 from router.errors import RouterError
 from router.upstream.names import Route
 
-LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
+LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
 def merge_defaults(doc: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any] | None:

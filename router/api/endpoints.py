@@ -11,7 +11,7 @@ from aiohttp import web
 from launcher.core.db import utcnow
 from launcher.core.keys import KeyRecord
 from router.accounting.seam import QuotaExceeded, RequestInfo
-from router.api.auth import authenticate, check_model
+from router.api.auth import authenticate, authorization, check_model
 from router.api.availability import AVAILABILITY, announcement, when_not_ready
 from router.api.audio_length import audio_seconds
 from router.api.body import form_field, form_part, inspect, parse_json, with_include_usage
@@ -20,7 +20,7 @@ from router.api.kinds import check_kind
 from router.errors import CTX, RouterError
 from router.api.model_list import list_entries
 from router.api.model_status import model_status, unavailable
-from router.api.paths import AUDIO_ENDPOINTS, JSON_ENDPOINTS, STREAM_USAGE
+from router.api.paths import AUDIO_ENDPOINTS, GENERATING, JSON_ENDPOINTS, STREAM_USAGE
 from router.upstream.names import Route
 from router.upstream.proxy import Call, Outcome
 from router.upstream.snapshot import Pool
@@ -32,7 +32,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def authorized(request: web.Request) -> KeyRecord:
     """The caller's key record (also for other routes like /v1/me), or a 401."""
     state = request.app[STATE]
-    record = authenticate(request.headers.get("Authorization"), state.view.snapshot.keys, utcnow)
+    record = authenticate(authorization(request.headers), state.view.snapshot.keys, utcnow)
     request[CTX].key_id = record.id
     return record
 
@@ -90,7 +90,7 @@ def add_rate_headers(state: RouterState, key: KeyRecord, err: RouterError) -> No
 
 def _reserve(state: RouterState, endpoint: str, asked: int, route: Route | None) -> int:
     """Output tokens per choice to reserve: what the request asks, else the name's default (any name)."""
-    if endpoint not in STREAM_USAGE:  # embeddings produce no output tokens
+    if endpoint not in GENERATING:  # embeddings, rerank and count_tokens produce no output tokens
         return asked
     limit = route.max_tokens if route is not None else None
     return reservation(asked, limit, state.settings.router.default_reserve_tokens)

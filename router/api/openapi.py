@@ -82,6 +82,13 @@ SCHEMAS: Schema = {
     "EmbeddingRequest": _object(["model", "input"], model=MODEL, input={},
                                 encoding_format={"type": "string", "enum": ["float", "base64"]},
                                 dimensions=INT),
+    "ResponseRequest": _object(["model", "input"], model=MODEL, input={}, instructions=STR, stream=BOOL,
+                               max_output_tokens={"type": "integer", "minimum": 1}, temperature=NUM, top_p=NUM),
+    "MessageRequest": _object(["model", "messages", "max_tokens"], model=MODEL,
+                              messages={"type": "array", "items": MESSAGE}, system={}, stream=BOOL,
+                              max_tokens={"type": "integer", "minimum": 1}, temperature=NUM),
+    "CountTokensRequest": _object(["model", "messages"], model=MODEL, messages={"type": "array", "items": MESSAGE},
+                                  system={}),
     "RerankRequest": _object(["model", "query", "documents"], model=MODEL, query=STR,
                              documents={"type": "array", "items": {}}, top_n=INT),
     "ScoreRequest": _object(["model", "text_1", "text_2"], model=MODEL, text_1={}, text_2={}),
@@ -115,6 +122,15 @@ OPERATIONS: dict[tuple[str, str], Schema] = {
     ("post", "/v1/embeddings"): _op("createEmbedding", "Embeddings",
                                     _responses(_json(_ref("Embeddings")), *PROXIED),
                                     body=_json(_ref("EmbeddingRequest"))),
+    ("post", "/v1/responses"): _op("createResponse", "OpenAI Responses API (JSON or SSE events), served by vLLM",
+                                   _responses(CHAT_OUT, *PROXIED), body=_json(_ref("ResponseRequest"))),
+    ("post", "/v1/messages"): _op(
+        "createMessage", "Anthropic Messages API (JSON or SSE events; key also as x-api-key; errors in "
+                         "Anthropic's shape), served by vLLM", _responses(CHAT_OUT, *PROXIED),
+        body=_json(_ref("MessageRequest"))),
+    ("post", "/v1/messages/count_tokens"): _op(
+        "countMessageTokens", "Anthropic's token count of a Messages request (no tokens charged)",
+        _responses(ANY_OUT, *PROXIED), body=_json(_ref("CountTokensRequest"))),
     **{("post", path): _op(f"rerank{suffix}", "Documents ordered by relevance to a query (rerank models)",
                            _responses(ANY_OUT, *PROXIED), body=_json(_ref("RerankRequest")))
        for path, suffix in (("/v1/rerank", ""), ("/rerank", "NoVersion"), ("/v2/rerank", "V2"))},

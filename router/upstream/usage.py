@@ -9,6 +9,7 @@ every other byte as the backend sent it. Every value is checked on the way in
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -22,6 +23,8 @@ USAGE_KEY = b'"usage"'
 DURATION_KEY = b'"duration"'
 NULL_USAGE = b'"usage":null'
 NULL = b"null"
+MESSAGE_DELTA = b'"message_delta"'
+INPUT_TOKENS = b'"input_tokens"'
 AUDIO_SECONDS = "x-audio-seconds"  # set by launcher/engines/whisper/server.py on every answer
 
 
@@ -183,6 +186,9 @@ class SseTap:
         for event in _split_events(complete):
             usage = _event_usage(event)
             if usage is not None:
+                if self.usage is not None and MESSAGE_DELTA in event and INPUT_TOKENS not in event:
+                    # Anthropic's message_delta counts output only: the input came in message_start
+                    usage = replace(usage, prompt_tokens=self.usage.prompt_tokens)
                 self.usage = usage
                 self.events -= 1
                 if self._strip:
@@ -229,4 +235,11 @@ def _event_usage(event: bytes) -> Usage | None:
         parsed = orjson.loads(payload)
     except orjson.JSONDecodeError:
         return None
-    return usage_from_object(parsed.get("usage")) if isinstance(parsed, dict) else None
+    if not isinstance(parsed, dict):
+        return None
+    # chat chunks and Anthropic's message_delta carry `usage` on top; the Responses API's
+    # response.completed inside `response`, Anthropic's message_start inside `message`
+    for holder in (parsed, parsed.get("response"), parsed.get("message")):
+        if isinstance(holder, dict) and holder.get("usage") is not None:
+            return usage_from_object(holder["usage"])
+    return None

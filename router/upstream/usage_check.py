@@ -29,8 +29,11 @@ def rejected(reason: str) -> Usage:
 
 def token_usage(usage: dict[str, Any]) -> Usage:
     """Usage from a parsed token `usage` object; a missing or null count is 0."""
-    if "prompt_tokens" not in usage and "completion_tokens" not in usage and "total_tokens" in usage:
-        usage = {"prompt_tokens": usage["total_tokens"]}  # rerank answers count input tokens only
+    if "prompt_tokens" not in usage and "completion_tokens" not in usage:
+        if "input_tokens" in usage or "output_tokens" in usage:
+            usage = _renamed(usage)
+        elif "total_tokens" in usage:
+            usage = {"prompt_tokens": usage["total_tokens"]}  # rerank answers count input tokens only
     details = usage.get("completion_tokens_details")
     if details is not None and not isinstance(details, dict):
         return rejected(f"completion_tokens_details={_show(details)}")
@@ -44,6 +47,19 @@ def token_usage(usage: dict[str, Any]) -> Usage:
             return rejected(f"{name}={_show(value)}")
         counts.append(count)
     return Usage(prompt_tokens=counts[0], completion_tokens=counts[1], reasoning_tokens=counts[2])
+
+
+def _renamed(usage: dict[str, Any]) -> dict[str, Any]:
+    """The Responses API's and Anthropic's names in chat's: input is prompt, output is completion.
+
+    Anthropic counts cached input apart (cache_creation_input_tokens, cache_read_input_tokens):
+    it is input all the same. A bad part stays as it is, so that the check below names it.
+    """
+    parts = [usage.get(name) for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")]
+    counts = [_count(part) for part in parts]
+    prompt = sum(c for c in counts if c is not None) if None not in counts else parts[counts.index(None)]
+    return {"prompt_tokens": prompt, "completion_tokens": usage.get("output_tokens"),
+            "completion_tokens_details": usage.get("output_tokens_details")}
 
 
 def audio_usage(seconds: Any, name: str = "seconds") -> Usage:

@@ -27,6 +27,7 @@ kind = "embeddings"
 weights = "/models/embedder"
 """
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
+CHAT_PATHS = "/v1/chat/completions, /v1/completions, /v1/responses, /v1/messages, /v1/messages/count_tokens"
 AUDIO = (b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'
          b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF\r\n--b--\r\n')
 
@@ -77,9 +78,9 @@ def ask(s: Stack, path: str, model: str) -> requests.Response:
 @pytest.mark.parametrize(("path", "model", "kind", "serves"), [
     ("/v1/chat/completions", "whisper-tiny", "transcription", "/v1/audio/transcriptions, /v1/audio/translations"),
     ("/v1/embeddings", "whisper-tiny", "transcription", "/v1/audio/transcriptions, /v1/audio/translations"),
-    ("/v1/embeddings", "talker", "chat", "/v1/chat/completions, /v1/completions"),
-    ("/v1/embeddings", "chatty", "chat", "/v1/chat/completions, /v1/completions"),
-    ("/v1/audio/transcriptions", "chatty", "chat", "/v1/chat/completions, /v1/completions"),
+    ("/v1/embeddings", "talker", "chat", CHAT_PATHS),
+    ("/v1/embeddings", "chatty", "chat", CHAT_PATHS),
+    ("/v1/audio/transcriptions", "chatty", "chat", CHAT_PATHS),
     ("/v1/chat/completions", "embedder", "embeddings", "/v1/embeddings"),
     ("/v1/completions", "embedder", "embeddings", "/v1/embeddings"),
 ])
