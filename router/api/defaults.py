@@ -12,6 +12,13 @@ from router.errors import RouterError
 from router.upstream.names import Route
 
 LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+# The Responses and Messages APIs share only these sampling parameters with chat: a name's other
+# defaults (presence_penalty, chat_template_kwargs, ...) are not theirs and are not sent there.
+SAME_PARAMETERS = {
+    "responses": frozenset({"temperature", "top_p"}),
+    "messages": frozenset({"temperature", "top_p", "top_k"}),
+    "count_tokens": frozenset(),
+}
 
 
 def merge_defaults(doc: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -63,13 +70,17 @@ def check_max_tokens(doc: Mapping[str, Any], limit: int | None, model: str) -> N
             )
 
 
-def apply_route(body: bytes, doc: dict[str, Any], route: Route) -> tuple[bytes, dict[str, Any]]:
+def apply_route(body: bytes, doc: dict[str, Any], route: Route, endpoint: str = "chat") -> tuple[bytes, dict[str, Any]]:
     """The body and document the backend gets: defaults merged, `model` its served name.
 
     The client's bytes are kept when nothing changes; otherwise the merged document is
-    serialized once. Raises the max_tokens 400 before anything is sent.
+    serialized once. Raises the max_tokens 400 before anything is sent. ENDPOINT's API gets the
+    defaults it has a parameter for (SAME_PARAMETERS; chat and completions get all).
     """
-    merged = merge_defaults(doc, route.defaults)
+    defaults: Mapping[str, Any] = route.defaults
+    if (same := SAME_PARAMETERS.get(endpoint)) is not None:
+        defaults = {k: v for k, v in defaults.items() if k in same}
+    merged = merge_defaults(doc, defaults)
     out = merged if merged is not None else doc
     check_max_tokens(out, route.max_tokens, route.name)
     if out.get("model") != route.served_name:

@@ -68,7 +68,7 @@ async def _json_request(request: web.Request, state: RouterState, key: KeyRecord
     route = state.names.routes.get(fields.model)
     sent = fields  # max_tokens, n and best_of as the backend will see them
     if route is not None:  # a catalog name: its defaults, its limit, the server's own name
-        body, doc = apply_route(body, doc, route)
+        body, doc = apply_route(body, doc, route, endpoint)
         sent = inspect(doc)
     max_tokens = _reserve(state, endpoint, sent.max_tokens, route)
     strip = fields.stream and endpoint in STREAM_USAGE and not fields.client_wants_usage

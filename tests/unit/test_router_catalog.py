@@ -109,6 +109,17 @@ def test_apply_route_rewrites_model_and_adds_defaults(names: Names) -> None:
     assert orjson.loads(out) == doc == {"model": "qwen", "messages": [], **NONTHINKING, "temperature": 0.1}
 
 
+@pytest.mark.parametrize(("endpoint", "kept"), [
+    ("responses", {"temperature", "top_p"}), ("messages", {"temperature", "top_p"}), ("count_tokens", set()),
+])
+def test_the_responses_and_messages_apis_get_only_the_defaults_they_have_a_parameter_for(
+        names: Names, endpoint: str, kept: set[str]) -> None:
+    body = b'{"model":"qwen-nonthinking","input":"hi"}'
+    _, doc = apply_route(body, orjson.loads(body), names.routes["qwen-nonthinking"], endpoint)
+    assert doc == {"model": "qwen", "input": "hi", **{k: v for k, v in NONTHINKING.items() if k in kept}}
+    assert "chat_template_kwargs" not in doc  # not a parameter of these APIs
+
+
 def test_apply_route_rewrites_only_the_model_name(names: Names) -> None:
     body = b'{"model":"plain","n":1}'
     out, _ = apply_route(body, orjson.loads(body), names.routes["plain"])
