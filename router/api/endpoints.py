@@ -27,6 +27,9 @@ from router.upstream.snapshot import Pool
 from router.state import STATE, RouterState
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+STORED_RESPONSE_PATHS = (("GET", "/v1/responses/{response_id}"), ("DELETE", "/v1/responses/{response_id}"),
+                         ("POST", "/v1/responses/{response_id}/cancel"),
+                         ("GET", "/v1/responses/{response_id}/input_items"))
 
 
 def authorized(request: web.Request) -> KeyRecord:
@@ -207,6 +210,18 @@ async def retrieve_model(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(found), content_type="application/json")
 
 
+async def stored_response(request: web.Request) -> web.Response:
+    """GET/DELETE /v1/responses/{id} and its cancel and input_items: nothing is stored to find.
+
+    vLLM keeps stored responses in one server's memory, unbounded and gone at its time limit, so
+    the service does not offer `store`; a clear refusal beats a 404 that reads like a typo.
+    """
+    authorized(request)
+    raise RouterError(404, f"No stored response {request.match_info['response_id']!r}: this service does not "
+                      "store responses; send the conversation with each request (see the user guide, "
+                      "Responses API)", param="response_id", code="responses_not_stored")
+
+
 async def health(request: web.Request) -> web.Response:
     """GET /health (no key): the router is up; how many models could be served right now."""
     pools = request.app[STATE].view.snapshot.pools.values()
@@ -223,3 +238,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", retrieve_model)  # names may hold "/" (org/model)
     app.router.add_get("/health", health)
+    for method, path in STORED_RESPONSE_PATHS:
+        app.router.add_route(method, path, stored_response)

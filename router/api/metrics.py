@@ -29,6 +29,7 @@ TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 ENDPOINTS = {**JSON_ENDPOINTS, **AUDIO_ENDPOINTS, "/v1/models": "models", "/v1/me": "me",
              "/health": "health", "/metrics": "metrics"}
 UNKNOWN, NONE = "unknown", "none"
+MODEL_PATH = "/v1/models/"  # GET /v1/models/{model}: one label, whatever the name
 
 
 class _PerModel:
@@ -73,7 +74,8 @@ class Metrics:
         """Count one finished request (called by the middleware; must stay cheap)."""
         status = ctx.outcome or status
         model = self._label(ctx.model)
-        key = (model, ENDPOINTS.get(path, "other"), status)
+        endpoint = ENDPOINTS.get(path) or ("model" if path.startswith(MODEL_PATH) else "other")
+        key = (model, endpoint, status)
         counter = self._requests.get(key)
         if counter is None:
             counter = self._requests[key] = self.requests.labels(*key)

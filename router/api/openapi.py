@@ -131,6 +131,13 @@ OPERATIONS: dict[tuple[str, str], Schema] = {
     ("post", "/v1/messages/count_tokens"): _op(
         "countMessageTokens", "Anthropic's token count of a Messages request (no tokens charged)",
         _responses(ANY_OUT, *PROXIED), body=_json(_ref("CountTokensRequest"))),
+    **{(method, path): _op(op_id, "Not offered: responses are not stored (404 responses_not_stored)",
+                           _responses(ANY_OUT, 401, 404),
+                           params=[{"name": "response_id", "in": "path", "required": True, "schema": STR}])
+       for method, path, op_id in (("get", "/v1/responses/{response_id}", "getResponse"),
+                                   ("delete", "/v1/responses/{response_id}", "deleteResponse"),
+                                   ("post", "/v1/responses/{response_id}/cancel", "cancelResponse"),
+                                   ("get", "/v1/responses/{response_id}/input_items", "listInputItems"))},
     **{("post", path): _op(f"rerank{suffix}", "Documents ordered by relevance to a query (rerank models)",
                            _responses(ANY_OUT, *PROXIED), body=_json(_ref("RerankRequest")))
        for path, suffix in (("/v1/rerank", ""), ("/rerank", "NoVersion"), ("/v2/rerank", "V2"))},

@@ -268,7 +268,9 @@ def test_metrics_count_requests_tokens_errors_and_backends_without_keys_or_text(
     list(c.chat.completions.create(model="think", messages=HELLO, stream=True))
     chat(cstack, "queued")
     chat(cstack, "no-such-model-4711")
+    c.models.retrieve("think")  # one label for every name, so names cannot blow up the series
     text = requests.get(cstack.router.url + "/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
+    assert 'endpoint="model"' in text and 'endpoint="other"' not in text
     assert 'llm_router_requests_total{endpoint="chat",model="think-nonthinking",status="200"} 1.0' in text
     assert 'llm_router_requests_total{endpoint="chat",model="queued",status="503"} 1.0' in text
     assert 'llm_router_requests_total{endpoint="chat",model="unknown",status="404"} 1.0' in text

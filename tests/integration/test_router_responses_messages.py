@@ -162,3 +162,19 @@ async def test_rpm_holds_across_chat_responses_and_messages_on_one_key(stack: St
 
     statuses = await asyncio.gather(*(asyncio.to_thread(one, p, b) for p, b in sent))
     assert statuses.count(200) == 6 and statuses.count(429) == 18
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/v1/responses/resp_1"), ("DELETE", "/v1/responses/resp_1"), ("POST", "/v1/responses/resp_1/cancel"),
+    ("GET", "/v1/responses/resp_1/input_items"),
+])
+def test_stored_response_paths_say_nothing_is_stored(stack: Stack, method: str, path: str) -> None:
+    answer = requests.request(method, stack.router.url + path, headers={"Authorization": f"Bearer {stack.key}"},
+                              timeout=10)
+    assert answer.status_code == 404
+    error = answer.json()["error"]
+    assert error["code"] == "responses_not_stored" and "send the conversation with each request" in error["message"]
+    assert not any(b.received for b in stack.chat)
+    with pytest.raises(openai.NotFoundError):  # what the SDK raises for it
+        oai(stack).responses.retrieve("resp_1")
+    assert requests.request(method, stack.router.url + path, timeout=10).status_code == 401  # a key first
