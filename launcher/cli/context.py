@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 
 from launcher.cli.errors import cli_errors
 from launcher.core.db import RegistryError, open_engine, resolve_db_url, session_factory
-from launcher.core.settings import Settings, SettingsError, load_settings, with_overrides
+from launcher.core.settings import Settings, SettingsError, load_settings
+from launcher.core.settings_overrides import with_overrides
 
 
 @dataclass

@@ -14,7 +14,8 @@ from launcher.core.catalog import CatalogError
 from launcher.cli.context import CliContext
 from launcher.cli.errors import cli_errors
 from launcher.control.supervisor_task import supervisor_context
-from launcher.core.settings import Settings, SettingsError, with_overrides
+from launcher.core.settings import Settings, SettingsError
+from launcher.core.settings_overrides import with_overrides
 from router.accounting.ownership import LimitsOwnershipError
 from router.app import create_app
 from router.serve import run

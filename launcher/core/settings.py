@@ -7,7 +7,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, Mapping, TypeVar
 
 from launcher.core.maintenance import parse_windows
 
@@ -61,6 +61,12 @@ class RouterSettings:
     on_demand_idle_s: float = 1800.0
     # Quotas and the usage ledger; off only for benchmarks and development.
     accounting: bool = True
+    # Shared mode: the limiter's counters and reservations in Redis ("redis://host:port/db"), so any
+    # number of routers enforce one set of limits; "" keeps them in this process (embedded mode).
+    redis_url: str = ""
+    redis_fail_open: bool = False
+    # A stopping router answers /health with 503 for stop_delay_s before it stops accepting.
+    stop_delay_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -252,46 +258,3 @@ def _coerce(value: Any, spec: dataclasses.Field[Any], where: str) -> Any:
     if isinstance(default, str) and not isinstance(value, str):
         raise SettingsError(f"{where}: expected a string, got {value!r}")
     return value
-
-
-def with_overrides(settings: Settings, pairs: Sequence[str], default_section: str = "") -> Settings:
-    """SETTINGS with SECTION.NAME=VALUE pairs applied and checked like the file.
-
-    VALUE is TOML (30, true, "x", [1, 2]); anything that is not TOML is taken as a string.
-    """
-    data = _as_toml(settings)
-    for item in pairs:
-        name, sep, text = item.partition("=")
-        path = [p for p in name.strip().split(".") if p]
-        if not sep or not path:
-            raise SettingsError(f"command line: expected SECTION.NAME=VALUE, got {item!r}")
-        if len(path) == 1 and default_section:
-            path.insert(0, default_section)
-        table = data
-        for part in path[:-1]:
-            table = table.setdefault(part, {})
-            if not isinstance(table, dict):
-                raise SettingsError(f"command line: {'.'.join(path)}: {part} is not a section")
-        table[path[-1]] = _toml_value(text.strip())
-    return settings_from_dict(data, source="command line")
-
-
-def _as_toml(settings: Settings) -> dict[str, Any]:
-    data: dict[str, Any] = _lists(dataclasses.asdict(settings))
-    data.pop("source")
-    return data
-
-
-def _lists(value: Any) -> Any:
-    if isinstance(value, dict):  # TOML has no null: an unset limit is left out
-        return {k: _lists(v) for k, v in value.items() if v is not None}
-    if isinstance(value, (list, tuple)):
-        return [_lists(v) for v in value]
-    return value
-
-
-def _toml_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text

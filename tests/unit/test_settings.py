@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from launcher.core.db import resolve_db_url
-from launcher.core.settings import KeyLimits, SettingsError, load_settings, with_overrides
+from launcher.core.settings import KeyLimits, SettingsError, load_settings
+from launcher.core.settings_overrides import with_overrides
 
 
 def write(tmp_path: Path, text: str) -> Path:
