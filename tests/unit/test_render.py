@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -124,11 +125,28 @@ def test_slurms_warning_does_not_deregister_the_drain_signal_does(production: Ca
     assert "deregister" in _function(script, "on_drain") and "deregister" in _function(script, "on_term")
 
 
+def _thread_setup(script: str, cpus: str, given: str) -> str:
+    """What the CPU job's thread set-up exports, run by bash on CPUS with SLURM_CPUS_ON_NODE=GIVEN."""
+    start = script.index('if [ -z "${VLLM_CPU_OMP_THREADS_BIND:-}" ]')
+    block = script[start:script.index("\nfi\n", start) + 4]
+    probe = f'log() {{ :; }}\n{block}echo "$VLLM_CPU_OMP_THREADS_BIND ${{OMP_NUM_THREADS:-}}"'
+    env = {"PATH": os.environ["PATH"], "SLURM_CPUS_ON_NODE": given}
+    done = subprocess.run(["taskset", "-c", cpus, "bash", "-c", probe], env=env, capture_output=True, text=True,
+                          check=True)
+    return done.stdout.strip()
+
+
 def test_vllm_cpu_jobs_bind_their_threads_to_the_cpus_slurm_gave_them(production: Catalog) -> None:
     demo = load_catalog(packaged_catalog("demo"), environ={
         "LLM_LAUNCH_CHAT_MODEL": "/m/chat", "LLM_LAUNCH_EMBED_MODEL": "/m/embed", "LLM_LAUNCH_WHISPER_MODEL": "/m/w"})
     cpu = render_script(demo.entry("minilm-embed"), CLUSTER, SECRETS, SPEC)
-    assert "export VLLM_CPU_OMP_THREADS_BIND=$(awk '/^Cpus_allowed_list:/ { print $2 }' /proc/self/status)" in cpu
     assert cpu.index("VLLM_CPU_OMP_THREADS_BIND=") < cpu.index("vllm serve")
+    # a job confined to its CPUs (cgroup or affinity) pins its threads there
+    assert _thread_setup(cpu, "0", "1") == "0"
+    if (os.cpu_count() or 1) >= 2:
+        assert _thread_setup(cpu, "0,1", "2") == "0-1"
+        # a job Slurm does not confine (task/none, no cgroup) runs as many threads as it was given,
+        # unpinned: pinned, two such jobs on one node would spin on the same first cores
+        assert _thread_setup(cpu, "0,1", "1") == "nobind 1"
     gpu = render_script(production.entry("qwen3.5-122b"), CLUSTER, SECRETS, SPEC)
     assert "VLLM_CPU_OMP_THREADS_BIND" not in gpu  # the GPU path is unchanged
