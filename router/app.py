@@ -14,7 +14,7 @@ from aiohttp import web
 from sqlalchemy import Engine
 
 from launcher.core.settings import Settings
-from router.accounting.metered import make_accounting
+from router.accounting.factory import make_accounting
 from router.accounting.seam import Accounting
 from router.api import admin, availability, endpoints, me, metrics, openapi, registration
 from router.api.handover_metrics import HandoverCollector

@@ -1,10 +1,11 @@
 """Quotas plus the usage ledger behind the proxy's Accounting seam.
 
-The limits are exact because one router process owns them, in memory, on one event loop (no
-locks needed). Budgets consumed today and this month survive a restart: they are reloaded from
-the ledger at start. Several router processes would each count on their own and together let a
-key overshoot, so the process that owns the limits holds an exclusive lock next to the registry
-(see router/accounting/ownership.py) and a second one refuses to start with accounting on.
+The embedded mode: the limits are exact because one router process owns them, in memory, on one
+event loop (no locks needed). Budgets consumed today and this month survive a restart: they are
+reloaded from the ledger at start. Several router processes would each count on their own and
+together let a key overshoot, so the process that owns the limits holds an exclusive lock on the
+registry (see router/accounting/ownership.py) and a second one refuses to start with accounting
+on; shared mode (router/accounting/shared.py) keeps the counters in Redis instead.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from typing import Self
 from sqlalchemy import Engine
 
 from launcher.core.keys import KeyRecord
-from launcher.core.settings import Settings, spill_dir
+from launcher.core.settings import KeyLimits, Settings, spill_dir
 from launcher.engines.table import KIND_ENDPOINTS
 from router.accounting import limits as quota
-from router.accounting.seam import Accounting, Admission, NoAccounting, QuotaExceeded, RequestInfo, Usage
+from router.accounting.seam import Admission, QuotaExceeded, RequestInfo, Usage
 from router.accounting.ledger import Ledger
 from router.accounting.ownership import OwnershipLock
 
@@ -56,12 +57,16 @@ class LimitsAccounting:
                         spill_dir=spill_dir(r))
         return cls(ledger, OwnershipLock.for_engine(engine))
 
-    def admit(self, info: RequestInfo, now: float) -> Admission:
+    async def admit(self, info: RequestInfo, now: float) -> Admission:
         """Reserve capacity for INFO or raise QuotaExceeded (the request then costs nothing)."""
+        return self.admit_now(info, now)
+
+    def admit_now(self, info: RequestInfo, now: float) -> Admission:
+        """`admit` without the coroutine: one process's limits need no I/O."""
         st = self.state(info.key.id, now)
         limits = info.key.limits
         quota.roll(st, now)
-        reserve, audio = _reservations(info)
+        reserve, audio = reservations(info)
         refused = quota.refusal(st, limits, reserve, audio, now)
         if refused is not None:
             headers = quota.rate_headers(st, limits, now)
@@ -77,7 +82,7 @@ class LimitsAccounting:
         key = info.key
         st = self.state(key.id, now)
         if usage.rejected:  # the backend's numbers cannot be trusted: the reservation is the charge
-            usage = _reserved(admission)
+            usage = reserved_usage(admission)
         prompt, completion = usage.prompt_tokens, usage.completion_tokens
         quota.settle(st, admission.started_at, admission.reserved_tokens, prompt + completion, now,
                      admission.reserved_audio)
@@ -109,31 +114,11 @@ class LimitsAccounting:
         quota.roll(st, now)
         return quota.rate_headers(st, key.limits, now)
 
-    def windows(self, key: KeyRecord, now: float) -> dict[str, WindowView]:
-        """Every window of KEY: limit, used (reservations included), remaining, reset."""
+    async def key_state(self, key: KeyRecord, now: float) -> quota.KeyState:
+        """KEY's counters now, for /v1/me."""
         st = self.state(key.id, now)
         quota.roll(st, now)
-        lim = key.limits
-        day_end, month_end = (st.day + 1) * quota.DAY, st.month_end
-        req_reset = st.req_start + quota.MINUTE - now if st.req_count else 0.0
-        tok_used = st.tok_used + st.tok_reserved
-        return {
-            "requests_per_minute": _view(lim.rpm, st.req_count, req_reset),
-            "tokens_per_minute": _view(lim.tpm, tok_used,
-                                       st.tok_start + quota.MINUTE - now if tok_used else 0.0),
-            "requests_in_flight": _view(lim.max_parallel, st.in_flight, 0.0),
-            "daily_tokens": _view(lim.daily_tokens, st.today.tokens + st.day_reserved, day_end - now),
-            "monthly_tokens": _view(lim.monthly_tokens, st.month.tokens + st.month_reserved,
-                                    month_end - now),
-            "daily_audio_seconds": _view(lim.daily_audio_seconds, st.today.audio + st.audio_reserved,
-                                         day_end - now),
-        }
-
-    def usage(self, key: KeyRecord, now: float) -> dict[str, dict[str, float]]:
-        """KEY's exact usage today and this month (UTC), as the ledger will have it."""
-        st = self.state(key.id, now)
-        quota.roll(st, now)
-        return {"today": _totals(st.today), "this_month": _totals(st.month)}
+        return st
 
     async def start(self) -> None:
         """Take limits ownership, reload today's and this month's usage, start the ledger."""
@@ -157,7 +142,7 @@ class LimitsAccounting:
                 self._lock.release()
 
 
-def _reserved(admission: Admission) -> Usage:
+def reserved_usage(admission: Admission) -> Usage:
     """The reservation as usage: the prompt estimate first, the rest as completion."""
     reserved = admission.reserved_tokens
     prompt = min(admission.info.prompt_estimate, reserved)
@@ -165,12 +150,32 @@ def _reserved(admission: Admission) -> Usage:
                  estimated=True)
 
 
-def _reservations(info: RequestInfo) -> tuple[int, float]:
+def reservations(info: RequestInfo) -> tuple[int, float]:
     """(tokens, audio seconds) INFO reserves: the prompt and every choice's output, or the upload's length."""
     limits = info.key.limits
     if info.endpoint in AUDIO_ENDPOINTS:
         return 0, quota.audio_reservation(limits, info.audio_seconds)
     return quota.reservation(limits, info.prompt_estimate + info.max_tokens * max(info.choices, 1)), 0.0
+
+
+def windows(st: quota.KeyState, lim: KeyLimits, now: float) -> dict[str, WindowView]:
+    """Every window of a key in ST (rolled to NOW): limit, used (reservations included), remaining, reset."""
+    day_end, month_end = (st.day + 1) * quota.DAY, st.month_end
+    req_reset = st.req_start + quota.MINUTE - now if st.req_count else 0.0
+    tok_used = st.tok_used + st.tok_reserved
+    return {
+        "requests_per_minute": _view(lim.rpm, st.req_count, req_reset),
+        "tokens_per_minute": _view(lim.tpm, tok_used, st.tok_start + quota.MINUTE - now if tok_used else 0.0),
+        "requests_in_flight": _view(lim.max_parallel, st.in_flight, 0.0),
+        "daily_tokens": _view(lim.daily_tokens, st.today.tokens + st.day_reserved, day_end - now),
+        "monthly_tokens": _view(lim.monthly_tokens, st.month.tokens + st.month_reserved, month_end - now),
+        "daily_audio_seconds": _view(lim.daily_audio_seconds, st.today.audio + st.audio_reserved, day_end - now),
+    }
+
+
+def usage(st: quota.KeyState) -> dict[str, dict[str, float]]:
+    """A key's exact usage today and this month (UTC), as the ledger will have it."""
+    return {"today": _totals(st.today), "this_month": _totals(st.month)}
 
 
 def _view(limit: int | None, used: float, resets_in_s: float) -> WindowView:
@@ -188,10 +193,3 @@ def _restore(totals: quota.Totals, values: list[float]) -> None:
     requests, prompt, completion, reasoning, audio = values
     quota.add_usage(totals, int(prompt), int(completion), int(reasoning), audio)
     totals.requests = int(requests)
-
-
-def make_accounting(settings: Settings, engine: Engine) -> Accounting:
-    """The router's accounting: limits and ledger when `router.accounting` is on, else none."""
-    if not settings.router.accounting:
-        return NoAccounting()
-    return LimitsAccounting.from_settings(settings, engine)

@@ -56,6 +56,7 @@ class Admission:
     started_at: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
     reserved_audio: float = 0.0  # seconds
+    ticket: str = ""  # the shared limiter's reservation (lease) id; "" when admitted in this process
 
 
 class QuotaExceeded(Exception):
@@ -72,11 +73,19 @@ class QuotaExceeded(Exception):
         self.limit = limit
 
 
+class LimiterUnavailable(Exception):
+    """The shared limiter cannot be reached and the router fails closed: 503 with Retry-After."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class Accounting(Protocol):
     """Quotas and the usage ledger, as the proxy sees them."""
 
-    def admit(self, info: RequestInfo, now: float) -> Admission:
-        """Reserve capacity for INFO or raise QuotaExceeded."""
+    async def admit(self, info: RequestInfo, now: float) -> Admission:
+        """Reserve capacity for INFO or raise QuotaExceeded (LimiterUnavailable: it cannot tell)."""
         ...
 
     def finish(
@@ -101,7 +110,7 @@ class Accounting(Protocol):
 class NoAccounting:
     """Accounting switched off: admit everything, record nothing (for benchmarks and dev)."""
 
-    def admit(self, info: RequestInfo, now: float) -> Admission:
+    async def admit(self, info: RequestInfo, now: float) -> Admission:
         return Admission(info=info, started_at=now)
 
     def finish(

@@ -56,8 +56,8 @@ class Watched(LimitsAccounting):
 
     events: list[Event]
 
-    def admit(self, info: RequestInfo, now: float) -> Admission:
-        admission = super().admit(info, now)
+    def admit_now(self, info: RequestInfo, now: float) -> Admission:
+        admission = super().admit_now(info, now)
         self.events.append(Event(True, info.request_id, info.key.id, admission.reserved_tokens,
                                  admission.reserved_audio, prompt_estimate=info.prompt_estimate))
         return admission

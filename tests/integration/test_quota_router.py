@@ -25,8 +25,8 @@ class ShiftedClock(LimitsAccounting):
 
     shift = 0.0
 
-    def admit(self, info: RequestInfo, now: float) -> Admission:
-        return super().admit(info, now + self.shift)
+    def admit_now(self, info: RequestInfo, now: float) -> Admission:
+        return super().admit_now(info, now + self.shift)
 
     def finish(self, admission: Admission, status: int, usage: Usage, backend: str | None,
                now: float) -> None:

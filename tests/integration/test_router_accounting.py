@@ -26,7 +26,7 @@ class Recording:
     admitted: list[RequestInfo] = field(default_factory=list)
     finished: list[tuple[str, int, Usage, str | None]] = field(default_factory=list)
 
-    def admit(self, info: RequestInfo, now: float) -> Admission:
+    async def admit(self, info: RequestInfo, now: float) -> Admission:
         if self.refuse:
             raise QuotaExceeded("rpm limit of 1 reached; resets in 42 s", 42, {"x-ratelimit-remaining-requests": "0"},
                                 limit="rpm")

@@ -68,9 +68,9 @@ class RecordingAccounting(NoAccounting):
         self.admitted: list[RequestInfo] = []
         self.usages: list[Usage] = []
 
-    def admit(self, info: RequestInfo, now: float) -> Admission:
+    async def admit(self, info: RequestInfo, now: float) -> Admission:
         self.admitted.append(info)
-        return super().admit(info, now)
+        return await super().admit(info, now)
 
     def finish(self, admission: Admission, status: int, usage: Usage, backend: str | None, now: float) -> None:
         self.usages.append(usage)

@@ -12,7 +12,7 @@ from launcher.core.settings import KeyLimits
 from router.accounting import limits as quota
 from router.accounting.seam import Admission, QuotaExceeded, RequestInfo, Usage
 from router.accounting.ledger import Ledger
-from router.accounting.metered import LimitsAccounting
+from router.accounting.metered import LimitsAccounting, WindowView, windows
 
 T0 = datetime(2026, 3, 14, 12, 0, 0, tzinfo=UTC).timestamp()
 
@@ -25,6 +25,12 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def views_of(acc: LimitsAccounting, key: KeyRecord, now: float) -> dict[str, WindowView]:
+    st = acc.state(key.id, now)
+    quota.roll(st, now)
+    return windows(st, key.limits, now)
 
 
 def make_accounting() -> LimitsAccounting:
@@ -61,27 +67,27 @@ def test_limit_trips_at_its_number_and_resets_when_window_passes(
     acc, clock = make_accounting(), Clock(T0)
     info = request(limits, **info_kw)  # type: ignore[arg-type]
     for _ in range(3):
-        acc.finish(acc.admit(info, clock.now), 200, usage, "b", clock.now)
+        acc.finish(acc.admit_now(info, clock.now), 200, usage, "b", clock.now)
         clock.advance(1)
     with pytest.raises(QuotaExceeded) as refused:
-        acc.admit(info, clock.now)
+        acc.admit_now(info, clock.now)
     assert phrase in str(refused.value)
     assert refused.value.limit == label  # the metrics label of the limit
     assert "resets in" in str(refused.value)
     assert 1 <= refused.value.retry_after_s <= window_s
     clock.advance(refused.value.retry_after_s)
-    acc.finish(acc.admit(info, clock.now), 200, usage, "b", clock.now)
+    acc.finish(acc.admit_now(info, clock.now), 200, usage, "b", clock.now)
 
 
 def test_concurrency_limit_is_exact_and_frees_on_finish() -> None:
     acc, clock = make_accounting(), Clock(T0)
     info = request(KeyLimits(max_parallel=2))
-    first, _second = acc.admit(info, clock.now), acc.admit(info, clock.now)
+    first, _second = acc.admit_now(info, clock.now), acc.admit_now(info, clock.now)
     with pytest.raises(QuotaExceeded, match="in flight: the limit is 2") as refused:
-        acc.admit(info, clock.now)
+        acc.admit_now(info, clock.now)
     assert refused.value.limit == "max_parallel"
     acc.finish(first, 499, Usage(), None, clock.now)
-    acc.admit(info, clock.now)
+    acc.admit_now(info, clock.now)
 
 
 def test_request_headers_count_down_and_reset() -> None:
@@ -89,13 +95,13 @@ def test_request_headers_count_down_and_reset() -> None:
     info = request(KeyLimits(rpm=3))
     seen = []
     for _ in range(3):
-        adm = acc.admit(info, clock.now)
+        adm = acc.admit_now(info, clock.now)
         seen.append((adm.headers["x-ratelimit-remaining-requests"],
                      adm.headers["x-ratelimit-reset-requests"]))
         clock.advance(10)
     assert seen == [("2", "1m0s"), ("1", "50s"), ("0", "40s")]
     with pytest.raises(QuotaExceeded) as refused:
-        acc.admit(info, clock.now)
+        acc.admit_now(info, clock.now)
     assert refused.value.headers["x-ratelimit-remaining-requests"] == "0"
     assert refused.value.headers["x-ratelimit-limit-requests"] == "3"
     assert refused.value.retry_after_s == 30
@@ -104,19 +110,19 @@ def test_request_headers_count_down_and_reset() -> None:
 def test_tokens_reserve_at_admission_and_settle_with_real_usage() -> None:
     acc, clock = make_accounting(), Clock(T0)
     info = request(KeyLimits(tpm=1000), prompt=100, max_tokens=400)
-    first = acc.admit(info, clock.now)
-    second = acc.admit(info, clock.now)
+    first = acc.admit_now(info, clock.now)
+    second = acc.admit_now(info, clock.now)
     assert second.headers["x-ratelimit-remaining-tokens"] == "0"
     with pytest.raises(QuotaExceeded, match="tokens per minute: limit 1000, used 1000"):
-        acc.admit(info, clock.now)
+        acc.admit_now(info, clock.now)
     acc.finish(first, 200, Usage(prompt_tokens=90, completion_tokens=10), "b", clock.now)
     with pytest.raises(QuotaExceeded, match="used 600"):  # 100 settled + 500 reserved
-        acc.admit(info, clock.now)
-    third = acc.admit(request(KeyLimits(tpm=1000), prompt=100, max_tokens=300), clock.now)
+        acc.admit_now(info, clock.now)
+    third = acc.admit_now(request(KeyLimits(tpm=1000), prompt=100, max_tokens=300), clock.now)
     assert third.headers["x-ratelimit-remaining-tokens"] == "0"
     acc.finish(second, 200, Usage(prompt_tokens=90, completion_tokens=10), "b", clock.now)
     acc.finish(third, 200, Usage(prompt_tokens=90, completion_tokens=10), "b", clock.now)
-    assert acc.windows(info.key, clock.now)["tokens_per_minute"].used == 300
+    assert views_of(acc, info.key, clock.now)["tokens_per_minute"].used == 300
 
 
 def test_a_burst_cannot_overshoot_the_token_limit() -> None:
@@ -125,7 +131,7 @@ def test_a_burst_cannot_overshoot_the_token_limit() -> None:
     admitted: list[Admission] = []
     for _ in range(50):
         try:
-            admitted.append(acc.admit(info, clock.now))
+            admitted.append(acc.admit_now(info, clock.now))
         except QuotaExceeded:
             pass
     assert len(admitted) == 10
@@ -134,34 +140,34 @@ def test_a_burst_cannot_overshoot_the_token_limit() -> None:
 def test_reservation_larger_than_the_limit_runs_alone_in_an_empty_window() -> None:
     acc, clock = make_accounting(), Clock(T0)
     info = request(KeyLimits(tpm=1000), prompt=10, max_tokens=131072)
-    adm = acc.admit(info, clock.now)
+    adm = acc.admit_now(info, clock.now)
     assert adm.reserved_tokens == 1000
     with pytest.raises(QuotaExceeded):
-        acc.admit(info, clock.now)
+        acc.admit_now(info, clock.now)
 
 
 def test_daily_budget_resets_at_midnight_utc_and_month_at_month_end() -> None:
     acc, clock = make_accounting(), Clock(datetime(2026, 3, 31, 23, 59, tzinfo=UTC).timestamp())
     info = request(KeyLimits(daily_tokens=100, monthly_tokens=150), prompt=100)
-    acc.finish(acc.admit(info, clock.now), 200, Usage(prompt_tokens=100), "b", clock.now)
+    acc.finish(acc.admit_now(info, clock.now), 200, Usage(prompt_tokens=100), "b", clock.now)
     with pytest.raises(QuotaExceeded) as refused:
-        acc.admit(info, clock.now)
+        acc.admit_now(info, clock.now)
     assert "daily token budget" in str(refused.value)
     assert refused.value.retry_after_s == 60
     assert refused.value.headers["x-ratelimit-reset-tokens"] == "1m0s"
     clock.advance(60)  # April: both the day and the month are new
-    views = acc.windows(info.key, clock.now)
+    views = views_of(acc, info.key, clock.now)
     assert (views["daily_tokens"].used, views["monthly_tokens"].used) == (0, 0)
-    acc.admit(info, clock.now)
+    acc.admit_now(info, clock.now)
 
 
 def test_request_finishing_after_its_window_charges_the_new_day() -> None:
     acc, clock = make_accounting(), Clock(datetime(2026, 3, 14, 23, 59, 30, tzinfo=UTC).timestamp())
     info = request(KeyLimits(daily_tokens=1000, tpm=1000), prompt=100, max_tokens=100)
-    adm = acc.admit(info, clock.now)
+    adm = acc.admit_now(info, clock.now)
     clock.advance(3600)
     acc.finish(adm, 200, Usage(prompt_tokens=100, completion_tokens=50), "b", clock.now)
-    views = acc.windows(info.key, clock.now)
+    views = views_of(acc, info.key, clock.now)
     assert views["daily_tokens"].used == 150
     assert views["tokens_per_minute"].used == 0
     assert views["requests_in_flight"].used == 0
@@ -170,9 +176,9 @@ def test_request_finishing_after_its_window_charges_the_new_day() -> None:
 def test_limits_are_per_key_and_unlimited_keys_get_no_headers() -> None:
     acc, clock = make_accounting(), Clock(T0)
     a, b = request(KeyLimits(rpm=1), key_id=1), request(KeyLimits(rpm=1), key_id=2)
-    acc.admit(a, clock.now)
-    acc.admit(b, clock.now)
-    assert acc.admit(request(KeyLimits(), key_id=3), clock.now).headers == {}
+    acc.admit_now(a, clock.now)
+    acc.admit_now(b, clock.now)
+    assert acc.admit_now(request(KeyLimits(), key_id=3), clock.now).headers == {}
 
 
 @pytest.mark.parametrize(
@@ -184,7 +190,7 @@ def test_a_zero_limit_refuses_every_request(limits: KeyLimits) -> None:
     acc, clock = make_accounting(), Clock(T0)
     for _ in range(2):
         with pytest.raises(QuotaExceeded):
-            acc.admit(request(limits, prompt=0), clock.now)
+            acc.admit_now(request(limits, prompt=0), clock.now)
         clock.advance(61)
 
 

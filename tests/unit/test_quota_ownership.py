@@ -12,7 +12,8 @@ import pytest
 from launcher.core.db import open_engine
 from launcher.core.settings import RouterSettings, Settings
 from router.accounting.seam import NoAccounting
-from router.accounting.metered import LimitsAccounting, make_accounting
+from router.accounting.factory import make_accounting
+from router.accounting.metered import LimitsAccounting
 from router.accounting.ownership import LimitsOwnershipError
 
 HOLD = textwrap.dedent("""
