@@ -26,7 +26,7 @@ from launcher.core.settings import KeyLimits, RouterSettings, Settings
 from router.app import create_app
 from router.serve import start
 from tests.fake_backend import FakeBackend, FakeConfig
-from tests.shared_services import db_url, pg_url, private_pg, redis_url  # noqa: F401
+from tests.shared_services import db_url, pg_url, private_pg, private_redis, redis_url  # noqa: F401
 
 try:
     from tests.integration.slurm_fixtures import slurm_cluster  # noqa: F401

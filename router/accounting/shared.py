@@ -23,7 +23,9 @@ import time
 from typing import Any, Self
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError, RedisError
 from sqlalchemy import Engine
 
 from launcher.core.keys import KeyRecord
@@ -39,14 +41,14 @@ log = logging.getLogger(__name__)
 LEASE_S = 15.0  # a dead router's reservations count at most this long after its last renewal
 MAX_CONNECTIONS = 32  # to Redis, per router process
 ROUTERS = "llm-launch:routers"  # live routers: member = router id, score = lease expiry
-COUNTED = ("shared", "local", "unavailable")  # admissions by where they were decided
+DECIDED = ("shared", "local", "unavailable")  # where admissions were decided (unavailable: a 503)
 
 
 @dataclasses.dataclass
 class LimiterStats:
     """What /metrics shows of the shared limiter."""
 
-    admitted: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(COUNTED, 0))
+    decided: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(DECIDED, 0))
     redis_errors: int = 0
     leases_expired: int = 0  # settlements that found their lease already settled as expired
     routers: int = 1
@@ -85,9 +87,12 @@ class SharedAccounting:
                         retention_days=r.usage_retention_days, max_rows=r.ledger_max_rows,
                         spill_dir=spill_dir(r))
         # A bounded pool: a burst waits for a connection instead of opening thousands.
+        # One retry on a fresh connection after Redis restarted (the pooled ones are closed); the
+        # scripts are idempotent per reservation id, so a reply lost mid-way never charges twice.
+        retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), 1, supported_errors=(RedisConnectionError,))
         pool = aioredis.BlockingConnectionPool.from_url(r.redis_url, max_connections=MAX_CONNECTIONS, timeout=2.0,
-                                                       socket_timeout=2.0, socket_connect_timeout=2.0)
-        client = aioredis.Redis(connection_pool=pool)
+                                                       socket_timeout=2.0, socket_connect_timeout=2.0, retry=retry)
+        client = aioredis.Redis(connection_pool=pool, retry=retry)
         return cls(ledger, client, fail_open=r.redis_fail_open, retry_after_s=r.retry_after_s)
 
     async def admit(self, info: RequestInfo, now: float) -> Admission:
@@ -106,6 +111,7 @@ class SharedAccounting:
         except RedisError as exc:
             return self._unavailable(info, now, exc)
         self._redis_back()
+        self.stats.decided["shared"] += 1
         st = _state(reply[1:], now)
         headers = self._headers[key.id] = quota.rate_headers(st, limits, now)
         outcome = reply[0].decode()
@@ -113,7 +119,6 @@ class SharedAccounting:
             refused = quota.refusal(st, limits, reserve, audio, now) or quota.Refusal(
                 outcome, f"Rate limit reached ({outcome}).", 1.0)
             raise QuotaExceeded(refused.message, quota.retry_after(refused.wait_s), headers, limit=outcome)
-        self.stats.admitted["shared"] += 1
         self._held.setdefault(key.id, set()).add(ticket)
         return Admission(info, reserve, now, headers, reserved_audio=audio, ticket=ticket)
 
@@ -222,12 +227,12 @@ class SharedAccounting:
     def _unavailable(self, info: RequestInfo, now: float, exc: RedisError) -> Admission:
         self._redis_down(exc)
         if not self._fail_open:
-            self.stats.admitted["unavailable"] += 1
+            self.stats.decided["unavailable"] += 1
             raise LimiterUnavailable("The rate limiter cannot be reached, so no request is admitted; retry shortly.",
                                      self._retry_after_s)
         share = dataclasses.replace(info.key, limits=shares(info.key.limits, self.stats.routers))
+        self.stats.decided["local"] += 1
         admission = self._local.admit_now(dataclasses.replace(info, key=share), now)
-        self.stats.admitted["local"] += 1
         return dataclasses.replace(admission, info=info)
 
     def _redis_down(self, exc: RedisError) -> None:

@@ -80,6 +80,9 @@ end
 ADMIT = _COMMON + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'seed'} end
 load()
+if redis.call('HEXISTS', KEYS[3], ARGV[12]) == 1 then  -- a retry of an admission already made
+  local out = state(); table.insert(out, 1, 'ok'); return out
+end
 local now, month_start, month_end = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local rpm, tpm, parallel = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local daily, monthly, heard = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])

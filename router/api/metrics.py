@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from router.api.admin import require_admin
 from router.api.ledger_metrics import LedgerCollector
+from router.api.limiter_metrics import LimiterCollector
 from router.api.paths import AUDIO_ENDPOINTS, JSON_ENDPOINTS
 from router.request_log import RequestContext
 from router.state import STATE, RouterState
@@ -66,6 +67,7 @@ class Metrics:
                                   ["limit"], registry=r)
         r.register(BackendCollector(state))
         r.register(LedgerCollector(state))
+        r.register(LimiterCollector(state))
         self._models: dict[str, _PerModel] = {}
         self._requests: dict[tuple[str, str, int], Counter] = {}
         self._errors: dict[int, Counter] = {}
