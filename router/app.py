@@ -27,7 +27,7 @@ from router.upstream.names import load_names
 from router.upstream.proxy import Upstream
 from router.request_log import make_request_log
 from router.upstream.snapshot import RegistryView
-from router.state import DB_ENGINE, STATE, RouterState
+from router.state import DB_ENGINE, STATE, RouterState, close_when_stopping
 
 LOG = logging.getLogger("router")
 LOG_FLUSH_S = 0.2
@@ -56,6 +56,7 @@ def create_app(settings: Settings, engine: Engine, accounting: Accounting | None
     state = RouterState(settings=settings, view=RegistryView(engine, names), accounting=chosen, log=log,
                         names=names, observers=observers)
     app[STATE], app[DB_ENGINE] = state, engine
+    app.on_response_prepare.append(close_when_stopping)
     app.cleanup_ctx.append(_lifecycle)
     app.cleanup_ctx.extend(contexts)
     add_routes(app, state)

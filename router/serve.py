@@ -89,9 +89,24 @@ async def serve_forever(app: web.Application, host: str, port: int, grace_s: flo
         ready(bound)
     try:
         await stop.wait()
+        await announce_stop(app)
         LOG.info("stopping: waiting up to %g s for requests in flight", grace_s)
     finally:
         await runner.cleanup()
+
+
+async def announce_stop(app: web.Application) -> None:
+    """Before closing the listener: /health says 503 for `stop_delay_s` while requests are still served.
+
+    A load balancer checking /health stops sending new requests meanwhile; responses carry
+    `Connection: close`, so clients with kept-alive connections open new ones elsewhere.
+    """
+    state = app[STATE]
+    state.stopping = True
+    delay = state.settings.router.stop_delay_s
+    if delay > 0:
+        LOG.info("stopping: /health answers 503 for %g s before the router stops accepting", delay)
+        await asyncio.sleep(delay)
 
 
 def tune_gc() -> None:

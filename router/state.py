@@ -28,7 +28,16 @@ class RouterState:
     names: Names = field(default_factory=Names)  # public model names, from the catalog
     # Called once per finished request (access log, metrics); the middleware holds this list.
     observers: list[Observer] = field(default_factory=list)
+    # Set when the router is told to stop: /health answers 503 and connections are not kept alive.
+    stopping: bool = False
 
 
 STATE = web.AppKey("llm_launch_state", RouterState)
 DB_ENGINE = web.AppKey("llm_launch_db_engine", Engine)  # the registry's SQLAlchemy engine
+
+
+async def close_when_stopping(request: web.Request, response: web.StreamResponse) -> None:
+    """On response prepare: once the router is stopping, no connection is kept alive."""
+    if request.app[STATE].stopping:
+        response.force_close()
+        response.headers["Connection"] = "close"  # aiohttp set its headers before this hook

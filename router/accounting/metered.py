@@ -22,7 +22,7 @@ from launcher.engines.table import KIND_ENDPOINTS
 from router.accounting import limits as quota
 from router.accounting.seam import Admission, QuotaExceeded, RequestInfo, Usage
 from router.accounting.ledger import Ledger
-from router.accounting.ownership import OwnershipLock
+from router.accounting.ownership import OwnershipLock, PostgresOwnershipLock
 
 # Endpoints billed in audio seconds, not tokens.
 AUDIO_ENDPOINTS = frozenset(KIND_ENDPOINTS["transcription"])
@@ -41,7 +41,7 @@ class WindowView:
 class LimitsAccounting:
     """Admits against per-key limits and records exact usage; one instance per router process."""
 
-    def __init__(self, ledger: Ledger, lock: OwnershipLock | None = None) -> None:
+    def __init__(self, ledger: Ledger, lock: OwnershipLock | PostgresOwnershipLock | None = None) -> None:
         self.ledger = ledger
         self._lock = lock
         self._states: dict[int, quota.KeyState] = {}

@@ -1,11 +1,11 @@
-"""Limits ownership: one router process per registry keeps the exact per-key counters.
+"""Limits ownership in the embedded mode: one router process per registry keeps the exact counters.
 
 Limits are exact only if one process sees every request of a key. Several routers would each
 count alone and let a key use N times its limit, so the owner takes an exclusive, non-blocking
-`flock` on a file next to the SQLite registry; a second router with accounting on refuses to
-start and says why. The kernel drops the lock when the process dies, so a crash never leaves a
-stale lock behind. (A PostgreSQL registry has no local file: run one router process with
-accounting there, or several with a shared counter store, which this version does not have.)
+lock: an `flock` on a file next to a SQLite registry, a session advisory lock on a PostgreSQL
+one; a second router with accounting on refuses to start and says why. The kernel (or the
+database, when the session ends) drops the lock when the process dies, so a crash never leaves
+a stale lock behind. Shared mode (`router.redis_url`) keeps the counters in Redis and needs no owner.
 """
 
 from __future__ import annotations
@@ -14,11 +14,16 @@ import fcntl
 import os
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, text
 
 
 class LimitsOwnershipError(RuntimeError):
     """Another router process already owns the limits of this registry."""
+
+
+SEVERAL = ("Stop that router first; to run several routers, use shared mode: a PostgreSQL registry and "
+           "[router] redis_url (admin guide, 'Running several routers').")
+LOCK_ID = 0x6C6C6D6C696D6974  # the advisory lock's number ("llmlimit")
 
 
 class OwnershipLock:
@@ -29,8 +34,10 @@ class OwnershipLock:
         self._fd: int | None = None
 
     @classmethod
-    def for_engine(cls, engine: Engine) -> OwnershipLock | None:
-        """The lock for a SQLite file registry; None for in-memory or server databases."""
+    def for_engine(cls, engine: Engine) -> OwnershipLock | PostgresOwnershipLock | None:
+        """The lock for a SQLite file or PostgreSQL registry; None for an in-memory database."""
+        if engine.dialect.name == "postgresql":
+            return PostgresOwnershipLock(engine)
         database = engine.url.database
         if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
             return None
@@ -47,8 +54,7 @@ class OwnershipLock:
             raise LimitsOwnershipError(
                 f"another router process (pid {holder}) already enforces the quotas of this "
                 f"registry ({self.path}): per-key limits are exact only when one process keeps them. "
-                "Stop that router first; to serve more traffic, run one router process per "
-                "registry (see the admin guide)."
+                f"{SEVERAL}"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
@@ -60,3 +66,29 @@ class OwnershipLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+class PostgresOwnershipLock:
+    """A session advisory lock on a PostgreSQL registry, held on a connection of its own."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._conn: Connection | None = None
+
+    def acquire(self) -> None:
+        """Take the lock now or raise LimitsOwnershipError."""
+        conn = self.engine.connect()
+        if not conn.execute(text("SELECT pg_try_advisory_lock(:id)"), {"id": LOCK_ID}).scalar():
+            conn.close()
+            raise LimitsOwnershipError(
+                "another router process already enforces the quotas of this registry (PostgreSQL) in "
+                f"its own memory: per-key limits are exact only when one process keeps them. {SEVERAL}")
+        conn.commit()
+        self._conn = conn
+
+    def release(self) -> None:
+        """Give the lock up (idempotent); closing the session is what frees it."""
+        if self._conn is not None:
+            self._conn.invalidate()  # never back to the pool with the lock: the session ends here
+            self._conn.close()
+            self._conn = None

@@ -226,10 +226,16 @@ async def stored_response(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    """GET /health (no key): the router is up; how many models could be served right now."""
-    pools = request.app[STATE].view.snapshot.pools.values()
-    ready = sum(1 for pool in pools if any(b.routable for b in pool.backends))
-    return web.Response(body=orjson.dumps({"status": "ok", "models_ready": ready}), content_type="application/json")
+    """GET /health (no key): the router is up; how many models could be served right now.
+
+    A router told to stop answers 503 "stopping" while it still serves, so a load balancer's
+    health check takes it out of rotation before it stops accepting connections.
+    """
+    state = request.app[STATE]
+    ready = sum(1 for pool in state.view.snapshot.pools.values() if any(b.routable for b in pool.backends))
+    status = "stopping" if state.stopping else "ok"
+    return web.Response(body=orjson.dumps({"status": status, "models_ready": ready}), content_type="application/json",
+                        status=503 if state.stopping else 200)
 
 
 def add_routes(app: web.Application) -> None:

@@ -56,13 +56,13 @@ def cli(registry: Registry, *args: str) -> None:
 
 
 def test_changes_reach_three_routers_within_a_second(
-    registry: Registry, make_backend: Callable[..., FakeBackend],
+    registry: Registry, redis_url: str, make_backend: Callable[..., FakeBackend],
     make_router: Callable[..., RouterHandle],
 ) -> None:
     backend = make_backend(models=["fake-chat", "fake-other"], secret=SECRET)
     registry.add_backend("fake-chat", backend.url)
     alice = registry.add_key("alice")
-    routers = [make_router(registry_refresh_s=3600.0) for _ in range(3)]
+    routers = [make_router(registry_refresh_s=3600.0, redis_url=redis_url) for _ in range(3)]  # shared mode
     assert [chat_status(r, alice) for r in routers] == [200] * 3
 
     figures: dict[str, float] = {}

@@ -111,3 +111,31 @@ def test_bad_override_is_a_clear_cli_error(registry: Registry) -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "stall_timeout_s" in result.stderr and "negative" in result.stderr
+
+
+def test_a_stopping_router_reports_unhealthy_first_then_finishes_its_stream(
+    registry: Registry, make_backend: Callable[..., FakeBackend], router_process: Callable[..., RouterProcess],
+) -> None:
+    backend = make_backend(models=["fake-chat"], chunks=40, chunk_delay_ms=100)
+    registry.add_backend("fake-chat", backend.url, secret=None)
+    key = registry.add_key("erin")
+    router = router_process("--no-accounting", "--set", "stop_delay_s=2", "--set", "grace_period_s=20")
+    origin = router.url.removesuffix("/v1")
+    assert requests.get(origin + "/health", timeout=5).status_code == 200
+    body: dict[str, Any] = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    auth = {"Authorization": f"Bearer {key}"}
+    with requests.post(router.url + "/chat/completions", headers=auth, json=body, stream=True, timeout=30) as reply:
+        chunks = reply.iter_content(None)
+        first = next(chunks)
+        router.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        health = requests.get(origin + "/health", timeout=5)
+        assert health.status_code == 503 and health.json()["status"] == "stopping"
+        # Still served meanwhile, but the connection is not kept alive for the next request.
+        served = requests.post(router.url + "/chat/completions", headers=auth, json={**body, "stream": False}, timeout=10)
+        assert served.status_code == 200 and served.headers.get("Connection", "").lower() == "close"
+        rest = b"".join(chunks)
+    assert (first + rest).endswith(b"data: [DONE]\n\n")  # the stream in flight finished whole
+    with pytest.raises(requests.ConnectionError):  # past the delay the router accepts nothing new
+        requests.get(origin + "/health", timeout=5)
+    assert router.proc.wait(20) == 0

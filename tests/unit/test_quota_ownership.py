@@ -1,4 +1,4 @@
-"""One router process owns a registry's limits; a second one refuses to start and says why."""
+"""In the embedded mode one router process owns a registry's limits; a second one refuses to start and says why."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from router.accounting.seam import NoAccounting
 from router.accounting.factory import make_accounting
 from router.accounting.metered import LimitsAccounting
 from router.accounting.ownership import LimitsOwnershipError
+from router.accounting.shared import SharedAccounting
 
 HOLD = textwrap.dedent("""
     import sys
@@ -57,6 +58,21 @@ async def test_ownership_is_released_on_close_so_a_restart_works(tmp_path: Path)
         await accounting(url).start()
     await first.close()
     second = accounting(url)
+    await second.start()
+    await second.close()
+
+
+async def test_a_postgresql_registry_has_one_owner_and_shared_mode_none(pg_url: str, redis_url: str) -> None:
+    first = accounting(pg_url)
+    await first.start()
+    with pytest.raises(LimitsOwnershipError, match="redis_url"):
+        await accounting(pg_url).start()
+    shared = make_accounting(Settings(router=RouterSettings(redis_url=redis_url)), open_engine(pg_url))
+    assert isinstance(shared, SharedAccounting)  # counters in Redis: no owner to wait for
+    await shared.start()
+    await shared.close()
+    await first.close()
+    second = accounting(pg_url)  # the session that held the lock is gone
     await second.start()
     await second.close()
 
