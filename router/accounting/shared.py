@@ -22,10 +22,7 @@ import logging
 import time
 from typing import Any, Self
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError, RedisError
+from redis.exceptions import RedisError, ResponseError
 from sqlalchemy import Engine
 
 from launcher.core.keys import KeyRecord
@@ -34,12 +31,12 @@ from router.accounting import limits as quota
 from router.accounting.ledger import Ledger
 from router.accounting.metered import LimitsAccounting, reservations, reserved_usage
 from router.accounting.seam import Admission, LimiterUnavailable, QuotaExceeded, RequestInfo, Usage
+from router.accounting.resp import RespClient, reply_of
 from router.accounting.shared_scripts import ADMIT, FIELDS, READ, SEED, SETTLE
 
 log = logging.getLogger(__name__)
 
 LEASE_S = 15.0  # a dead router's reservations count at most this long after its last renewal
-MAX_CONNECTIONS = 32  # to Redis, per router process
 ROUTERS = "llm-launch:routers"  # live routers: member = router id, score = lease expiry
 DECIDED = ("shared", "local", "unavailable")  # where admissions were decided (unavailable: a 503)
 
@@ -58,15 +55,11 @@ class LimiterStats:
 class SharedAccounting:
     """Admits against per-key limits kept in Redis and records exact usage in the shared ledger."""
 
-    def __init__(self, ledger: Ledger, client: aioredis.Redis, *, fail_open: bool = False,
+    def __init__(self, ledger: Ledger, client: RespClient, *, fail_open: bool = False,
                  retry_after_s: int = 10, lease_s: float = LEASE_S) -> None:
         self.ledger = ledger
         self.stats = LimiterStats()
         self._redis = client
-        self._admit = client.register_script(ADMIT)
-        self._settle = client.register_script(SETTLE)
-        self._seed_one = client.register_script(SEED)
-        self._read = client.register_script(READ)
         self._fail_open = fail_open
         self._retry_after_s = retry_after_s
         self._lease_s = lease_s
@@ -87,12 +80,7 @@ class SharedAccounting:
                         retention_days=r.usage_retention_days, max_rows=r.ledger_max_rows,
                         spill_dir=spill_dir(r))
         # A bounded pool: a burst waits for a connection instead of opening thousands.
-        # One retry on a fresh connection after Redis restarted (the pooled ones are closed); the
-        # scripts are idempotent per reservation id, so a reply lost mid-way never charges twice.
-        retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), 1, supported_errors=(RedisConnectionError,))
-        pool = aioredis.BlockingConnectionPool.from_url(r.redis_url, max_connections=MAX_CONNECTIONS, timeout=2.0,
-                                                       socket_timeout=2.0, socket_connect_timeout=2.0, retry=retry)
-        client = aioredis.Redis(connection_pool=pool, retry=retry)
+        client = RespClient(r.redis_url)
         return cls(ledger, client, fail_open=r.redis_fail_open, retry_after_s=r.retry_after_s)
 
     async def admit(self, info: RequestInfo, now: float) -> Admission:
@@ -104,10 +92,10 @@ class SharedAccounting:
         args = [*_clock(now), *(_limit(getattr(limits, f.name)) for f in dataclasses.fields(KeyLimits)),
                 reserve, f"{audio:.3f}", ticket, f"{now + self._lease_s:.3f}"]
         try:
-            reply = await self._admit(keys=_keys(key.id), args=args)
+            reply = await self._redis.script(ADMIT, _keys(key.id), args)
             if reply[0] == b"seed":
                 await self._seed(key.id, now)
-                reply = await self._admit(keys=_keys(key.id), args=args)
+                reply = await self._redis.script(ADMIT, _keys(key.id), args)
         except RedisError as exc:
             return self._unavailable(info, now, exc)
         self._redis_back()
@@ -132,7 +120,26 @@ class SharedAccounting:
         info = admission.info
         self.ledger.record(info.request_id, info.key.id, info.key.name, info.key.account, info.model, status,
                            usage, backend, admission.started_at, now)
-        task = asyncio.get_running_loop().create_task(self._settle_lease(admission, usage, round(now, 3)))
+        now = round(now, 3)
+        # Written at once, its reply read by a callback: no task per request. Not connected, or
+        # the script unknown to a restarted Redis: settled in a task that reconnects and loads it.
+        sent = self._redis.send("EVALSHA", SETTLE.sha, 3, *_keys(info.key.id), *_settle_args(admission, usage, now))
+        if sent is None:
+            self._settle_in_task(admission, usage, now)
+        else:
+            sent.add_done_callback(lambda done: self._settled(done, admission, usage, now))
+
+    def _settled(self, done: asyncio.Future[Any], admission: Admission, usage: Usage, now: float) -> None:
+        try:
+            self._lease_ended(admission, reply_of(done))
+        except ResponseError:  # NOSCRIPT: Redis restarted since the script was loaded
+            self._settle_in_task(admission, usage, now)
+        except RedisError as exc:  # its lease expires and is settled as a full reservation
+            self._redis_down(exc)
+            self._lease_ended(admission, 1)
+
+    def _settle_in_task(self, admission: Admission, usage: Usage, now: float) -> None:
+        task = asyncio.get_running_loop().create_task(self._settle_lease(admission, usage, now))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
@@ -144,10 +151,10 @@ class SharedAccounting:
         """KEY's counters in Redis now (expired leases settled), for /v1/me."""
         now = round(now, 3)
         try:
-            reply = await self._read(keys=_keys(key.id), args=_clock(now))
+            reply = await self._redis.script(READ, _keys(key.id), _clock(now))
             if reply[0] == b"seed":
                 await self._seed(key.id, now)
-                reply = await self._read(keys=_keys(key.id), args=_clock(now))
+                reply = await self._redis.script(READ, _keys(key.id), _clock(now))
         except RedisError as exc:
             self._redis_down(exc)
             raise LimiterUnavailable("The rate limiter cannot be reached; retry shortly.", self._retry_after_s) from None
@@ -167,41 +174,44 @@ class SharedAccounting:
         if self._settling:
             await asyncio.wait(set(self._settling), timeout=5.0)
         try:
-            await self._redis.zrem(ROUTERS, self._id)
+            await self._redis.call("ZREM", ROUTERS, self._id)
         except RedisError:
             pass
         await self.ledger.close()
-        await self._redis.aclose()
+        await self._redis.close()
 
     async def _seed(self, key_id: int, now: float) -> None:
         """Give every key Redis does not know its budgets from the ledger; SEED keeps the first."""
         async with self._seeding:
             totals = await self.ledger.load_totals(now)
             empty = [0.0] * 5
-            pipe = self._redis.pipeline(transaction=False)
+            seeds = []
             for seeded in {key_id, *totals}:
                 today, month = totals.get(seeded, (empty, empty))
                 args = [*_clock(now), *(_number(v) for v in today), *(_number(v) for v in month)]
-                await self._seed_one(keys=_keys(seeded), args=args, client=pipe)
-            await pipe.execute()
+                seeds.append(self._redis.script(SEED, _keys(seeded), args))
+            await asyncio.gather(*seeds)  # pipelined on the one connection
 
     async def _settle_lease(self, admission: Admission, usage: Usage, now: float) -> None:
-        key_id = admission.info.key.id
-        args = [*_clock(now), admission.ticket, usage.prompt_tokens, usage.completion_tokens, usage.reasoning_tokens,
-                f"{usage.audio_seconds:.3f}"]
+        settled = 1
         try:
-            if not await self._settle(keys=_keys(key_id), args=args):
-                self.stats.leases_expired += 1
-                log.warning("a reservation of key %d expired before its request ended: it was charged in full",
-                            key_id)
+            settled = await self._redis.script(SETTLE, _keys(admission.info.key.id),
+                                               _settle_args(admission, usage, now))
         except RedisError as exc:  # its lease expires and is settled as a full reservation
             self._redis_down(exc)
-        finally:
-            held = self._held.get(key_id)
-            if held is not None:
-                held.discard(admission.ticket)
-                if not held:
-                    del self._held[key_id]
+        self._lease_ended(admission, settled)
+
+    def _lease_ended(self, admission: Admission, settled: int) -> None:
+        """Stop renewing ADMISSION's lease; SETTLED 0: it had expired and was charged in full."""
+        key_id = admission.info.key.id
+        if not settled:
+            self.stats.leases_expired += 1
+            log.warning("a reservation of key %d expired before its request ended: it was charged in full", key_id)
+        held = self._held.get(key_id)
+        if held is not None:
+            held.discard(admission.ticket)
+            if not held:
+                del self._held[key_id]
 
     async def _renew_forever(self) -> None:
         while True:
@@ -214,13 +224,12 @@ class SharedAccounting:
     async def _renew(self, now: float) -> None:
         """Push this router's leases (and its own liveness) LEASE_S ahead; count the live routers."""
         expiry = f"{now + self._lease_s:.3f}"
-        pipe = self._redis.pipeline(transaction=False)
-        for key_id, tickets in list(self._held.items()):
-            pipe.zadd(_keys(key_id)[1], dict.fromkeys(tickets, expiry), xx=True)
-        pipe.zadd(ROUTERS, {self._id: expiry})
-        pipe.zremrangebyscore(ROUTERS, "-inf", f"{now:.3f}")
-        pipe.zcard(ROUTERS)
-        replies = await pipe.execute()
+        calls = [self._redis.call("ZADD", _keys(key_id)[1], "XX", *(x for t in tickets for x in (expiry, t)))
+                 for key_id, tickets in list(self._held.items()) if tickets]
+        calls += [self._redis.call("ZADD", ROUTERS, expiry, self._id),
+                  self._redis.call("ZREMRANGEBYSCORE", ROUTERS, "-inf", f"{now:.3f}"),
+                  self._redis.call("ZCARD", ROUTERS)]
+        replies = await asyncio.gather(*calls)  # pipelined on the one connection
         self.stats.routers = max(int(replies[-1]), 1)
         self._redis_back()
 
@@ -261,6 +270,11 @@ def _keys(key_id: int) -> list[str]:
 def _clock(now: float) -> list[str]:
     start, end = quota.month_bounds(now)
     return [f"{now:.3f}", f"{start:.0f}", f"{end:.0f}"]
+
+
+def _settle_args(admission: Admission, usage: Usage, now: float) -> list[Any]:
+    return [*_clock(now), admission.ticket, usage.prompt_tokens, usage.completion_tokens, usage.reasoning_tokens,
+            f"{usage.audio_seconds:.3f}"]
 
 
 def _limit(value: int | None) -> str:

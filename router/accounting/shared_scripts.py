@@ -11,6 +11,8 @@ Every number crosses as a string (Lua turns numbers into integers in replies).
 
 from __future__ import annotations
 
+from router.accounting.resp import Script
+
 # The state hash's fields, in the order the scripts return them; see limits.KeyState.
 FIELDS = ("rs", "rc", "ts", "tu", "tr", "inf", "day", "dr", "ar", "ms", "me", "mr",
           "dq", "dt", "dp", "dc", "dx", "da", "mq", "mt", "mp", "mc", "mx", "ma")
@@ -77,7 +79,7 @@ end
 # ARGV: now, month_start, month_end, rpm, tpm, max_parallel, daily_tokens, monthly_tokens,
 #       daily_audio_seconds ("" = unlimited), reserve, audio, reservation id, lease expiry.
 # Returns {"seed"} when the key has no state yet, else {"ok" | refused limit name, state...}.
-ADMIT = _COMMON + """
+ADMIT = Script(_COMMON + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'seed'} end
 load()
 if redis.call('HEXISTS', KEYS[3], ARGV[12]) == 1 then  -- a retry of an admission already made
@@ -107,11 +109,11 @@ save()
 redis.call('ZADD', KEYS[2], ARGV[13], ARGV[12])
 redis.call('HSET', KEYS[3], ARGV[12], ARGV[10] .. ',' .. ARGV[11] .. ',' .. ARGV[1])
 local out = state(); table.insert(out, 1, 'ok'); return out
-"""
+""")
 
 # KEYS: as ADMIT. ARGV: now, month_start, month_end, reservation id, prompt, completion,
 # reasoning, audio seconds. Returns 1, or 0 when the lease had expired and was settled already.
-SETTLE = _COMMON + """
+SETTLE = Script(_COMMON + """
 local held = redis.call('HGET', KEYS[3], ARGV[4])
 if not held or redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HDEL', KEYS[3], ARGV[4]); redis.call('ZREM', KEYS[2], ARGV[4])
@@ -124,11 +126,11 @@ settle(tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(admitte
 save()
 redis.call('HDEL', KEYS[3], ARGV[4]); redis.call('ZREM', KEYS[2], ARGV[4])
 return 1
-"""
+""")
 
 # KEYS: as ADMIT. ARGV: now, month_start, month_end, then today's and this month's totals as
 # requests, prompt, completion, reasoning, audio. Only the first seed of a key counts (returns 1).
-SEED = _COMMON + """
+SEED = Script(_COMMON + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local now = tonumber(ARGV[1])
 s.rs = now; s.ts = now; s.rc = 0; s.tu = 0; s.tr = 0; s.inf = 0
@@ -140,11 +142,11 @@ s.mq = tonumber(ARGV[9]); s.mp = tonumber(ARGV[10]); s.mc = tonumber(ARGV[11]); 
 s.ma = tonumber(ARGV[13]); s.mt = s.mp + s.mc
 save()
 return 1
-"""
+""")
 
 # KEYS: state hash, lease set, reservation hash. ARGV: now, month_start, month_end.
 # Settles expired leases and returns the state (for /v1/me); {"seed"} when the key has none.
-READ = _COMMON + """
+READ = Script(_COMMON + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'seed'} end
 load()
 local now, month_start, month_end = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -152,4 +154,4 @@ reclaim(now, month_start, month_end)
 roll(now, month_start, month_end)
 save()
 return state()
-"""
+""")

@@ -45,7 +45,8 @@ def registry(pg_url: str) -> Iterator[Registry]:
 
 
 def routers(make_router: Callable[..., RouterHandle], redis: str, count: int = 3, **overrides: Any) -> list[RouterHandle]:
-    settings = {"stall_timeout_s": 300.0, **overrides}  # the slow backends answer after seconds
+    # the slow backends answer after seconds; a burst of connections to them takes a moment
+    settings = {"stall_timeout_s": 300.0, "connect_timeout_s": 10.0, **overrides}
     return [make_router(redis_url=redis, **settings) for _ in range(count)]
 
 
