@@ -28,6 +28,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from launcher.core.settings import RouterSettings, spill_dir
+
 from router.accounting.seam import Usage
 from router.accounting.ledger_db import Batch, DailyKey, PendingRow, RequestRow, write_batch, prune_requests
 from router.accounting.ledger_db import load_totals, unavailable, write_each
@@ -69,6 +71,12 @@ class Ledger:
         self.written_rows = 0  # rows written (a batch found already written counts once, before)
         self.spilled_rows_total = 0  # rows ever moved to a spill file
         self.db_errors = 0  # writes that failed because the database was unavailable
+
+    @classmethod
+    def from_settings(cls, rs: RouterSettings, engine: Engine) -> Ledger:
+        """The ledger the [router] settings RS describe, on the registry ENGINE."""
+        return cls(engine, flush_s=rs.ledger_flush_s, per_request=rs.per_request_usage,
+                   retention_days=rs.usage_retention_days, max_rows=rs.ledger_max_rows, spill_dir=spill_dir(rs))
 
     def record(
         self, request_id: str, key_id: int, key_name: str, account: str | None, model: str,

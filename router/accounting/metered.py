@@ -17,7 +17,7 @@ from typing import Self
 from sqlalchemy import Engine
 
 from launcher.core.keys import KeyRecord
-from launcher.core.settings import KeyLimits, Settings, spill_dir
+from launcher.core.settings import KeyLimits, Settings
 from launcher.engines.table import KIND_ENDPOINTS
 from router.accounting import limits as quota
 from router.accounting.seam import Admission, QuotaExceeded, RequestInfo, Usage
@@ -52,9 +52,7 @@ class LimitsAccounting:
     def from_settings(cls, settings: Settings, engine: Engine) -> Self:
         """Build from the router settings, on the registry ENGINE."""
         r = settings.router
-        ledger = Ledger(engine, flush_s=r.ledger_flush_s, per_request=r.per_request_usage,
-                        retention_days=r.usage_retention_days, max_rows=r.ledger_max_rows,
-                        spill_dir=spill_dir(r))
+        ledger = Ledger.from_settings(r, engine)
         return cls(ledger, OwnershipLock.for_engine(engine))
 
     async def admit(self, info: RequestInfo, now: float) -> Admission:

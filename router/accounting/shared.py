@@ -26,7 +26,7 @@ from redis.exceptions import RedisError, ResponseError
 from sqlalchemy import Engine
 
 from launcher.core.keys import KeyRecord
-from launcher.core.settings import KeyLimits, Settings, spill_dir
+from launcher.core.settings import KeyLimits, Settings
 from router.accounting import limits as quota
 from router.accounting.ledger import Ledger
 from router.accounting.metered import LimitsAccounting, reservations, reserved_usage
@@ -76,12 +76,8 @@ class SharedAccounting:
     def from_settings(cls, settings: Settings, engine: Engine) -> Self:
         """Build from the router settings, on the registry ENGINE and `router.redis_url`."""
         r = settings.router
-        ledger = Ledger(engine, flush_s=r.ledger_flush_s, per_request=r.per_request_usage,
-                        retention_days=r.usage_retention_days, max_rows=r.ledger_max_rows,
-                        spill_dir=spill_dir(r))
-        # A bounded pool: a burst waits for a connection instead of opening thousands.
-        client = RespClient(r.redis_url)
-        return cls(ledger, client, fail_open=r.redis_fail_open, retry_after_s=r.retry_after_s)
+        ledger = Ledger.from_settings(r, engine)
+        return cls(ledger, RespClient(r.redis_url), fail_open=r.redis_fail_open, retry_after_s=r.retry_after_s)
 
     async def admit(self, info: RequestInfo, now: float) -> Admission:
         """Reserve capacity for INFO in Redis or raise QuotaExceeded; Redis down: see the module."""
