@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from router.accounting.seam import LimiterUnavailable
 from router.hops import looped
 from router.request_log import RequestContext
 
@@ -130,6 +131,10 @@ async def _handle(request: web.Request, handler: Handler, hop_id: str) -> web.St
         return await handler(request)
     except RouterError as err:
         return error_response(err, request.path)
+    except LimiterUnavailable as exc:  # the shared limiter fails closed, wherever it was asked
+        unavailable = RouterError(503, str(exc), code="limiter_unavailable",
+                                  headers={"Retry-After": str(exc.retry_after_s)})
+        return error_response(unavailable, request.path)
     except web.HTTPException as exc:
         return _from_http_exception(exc, request.path)
     except web.RequestPayloadError:  # e.g. a body that is not the gzip its header claims

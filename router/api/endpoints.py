@@ -10,7 +10,7 @@ from aiohttp import web
 
 from launcher.core.db import utcnow
 from launcher.core.keys import KeyRecord
-from router.accounting.seam import LimiterUnavailable, QuotaExceeded, RequestInfo
+from router.accounting.seam import QuotaExceeded, RequestInfo
 from router.api.auth import authenticate, authorization, check_model
 from router.api.availability import AVAILABILITY, announcement, when_not_ready
 from router.api.audio_length import audio_seconds
@@ -147,9 +147,6 @@ async def dispatch(request: web.Request, state: RouterState, info: RequestInfo, 
         ctx.refusal = exc
         headers = {**exc.headers, "Retry-After": str(exc.retry_after_s)}
         raise RouterError(429, str(exc), code="rate_limit_exceeded", headers=headers) from None
-    except LimiterUnavailable as exc:
-        raise RouterError(503, str(exc), code="limiter_unavailable",
-                          headers={"Retry-After": str(exc.retry_after_s)}) from None
     call.headers.update(admission.headers)
     outcome = Outcome()
     assert state.upstream is not None, "the router is not started"

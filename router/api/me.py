@@ -14,9 +14,7 @@ from launcher.core.keys import KeyRecord
 from router.api.endpoints import authorized
 from router.accounting import limits as quota
 from router.accounting.metered import LimitsAccounting, usage, windows
-from router.accounting.seam import LimiterUnavailable
 from router.accounting.shared import SharedAccounting
-from router.errors import RouterError
 from router.state import STATE
 
 
@@ -28,11 +26,7 @@ async def me(request: web.Request) -> web.Response:
     body = describe_key(key)
     headers: dict[str, str] = {}
     if isinstance(accounting, (LimitsAccounting, SharedAccounting)):
-        try:
-            st = await accounting.key_state(key, now)
-        except LimiterUnavailable as exc:
-            raise RouterError(503, str(exc), code="limiter_unavailable",
-                              headers={"Retry-After": str(exc.retry_after_s)}) from None
+        st = await accounting.key_state(key, now)  # Redis unreachable: the middleware answers 503
         body["windows"] = {name: dataclasses.asdict(view) for name, view in windows(st, key.limits, now).items()}
         body["usage"] = usage(st)
         headers = quota.rate_headers(st, key.limits, now)

@@ -30,17 +30,23 @@ def registry(pg_url: str) -> Iterator[Registry]:
     engine.dispose()
 
 
+@pytest.fixture
+def chat_backend(registry: Registry, make_backend: Callable[..., FakeBackend]) -> FakeBackend:
+    """A chat backend registered for fake-chat."""
+    backend = make_backend(models=["fake-chat"], secret=SECRET)
+    registry.add_backend("fake-chat", backend.url)
+    return backend
+
+
 def chat(router: RouterHandle, key: str) -> requests.Response:
     return requests.post(router.url + "/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {key}"},
                          timeout=10)
 
 
+@pytest.mark.usefixtures("chat_backend")
 def test_redis_down_fails_closed_then_budgets_come_back_from_the_ledger_once(
-    registry: Registry, private_redis: PrivateRedis, make_backend: Callable[..., FakeBackend],
-    make_router: Callable[..., RouterHandle],
+    registry: Registry, private_redis: PrivateRedis, make_router: Callable[..., RouterHandle],
 ) -> None:
-    backend = make_backend(models=["fake-chat"], secret=SECRET)
-    registry.add_backend("fake-chat", backend.url)
     key = registry.add_key("budget", limits=KeyLimits(daily_tokens=1_000_000))
     three = routers(make_router, private_redis.url)
     assert burst([r.url for r in three], key, 30) == {200: 30}
@@ -63,12 +69,10 @@ def test_redis_down_fails_closed_then_budgets_come_back_from_the_ledger_once(
     assert after["total_tokens"] < 2 * used["total_tokens"]
 
 
+@pytest.mark.usefixtures("chat_backend")
 def test_redis_down_fails_open_on_each_routers_share_and_serves_under_load(
-    registry: Registry, private_redis: PrivateRedis, make_backend: Callable[..., FakeBackend],
-    make_router: Callable[..., RouterHandle],
+    registry: Registry, private_redis: PrivateRedis, make_router: Callable[..., RouterHandle],
 ) -> None:
-    backend = make_backend(models=["fake-chat"], secret=SECRET)
-    registry.add_backend("fake-chat", backend.url)
     key = registry.add_key("open", limits=KeyLimits(rpm=30))
     load = registry.add_key("load")
     three = routers(make_router, private_redis.url, redis_fail_open=True)

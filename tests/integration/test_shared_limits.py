@@ -21,16 +21,21 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis
 import requests
 from sqlalchemy import text
 
 from launcher.core.db import open_engine
 from launcher.core.settings import KeyLimits
+from router.accounting.ledger import Ledger
 from router.accounting.ledger_db import load_totals
-from router.accounting.shared import LEASE_S
+from router.accounting.resp import RespClient
+from router.accounting.seam import QuotaExceeded
+from router.accounting.shared import LEASE_S, SharedAccounting
 from tests.conftest import SECRET, Registry, RouterHandle
 from tests.fake_backend import FakeBackend
 from tests.integration.test_reservations import wav
+from tests.unit.test_quota import request
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -221,3 +226,44 @@ def _ignore(session: requests.Session, url: str, key: str) -> None:
         session.post(url + "/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {key}"}, timeout=200)
     except requests.RequestException:
         pass
+
+
+async def test_routers_with_skewed_clocks_never_admit_past_the_limit(pg_url: str, redis_url: str) -> None:
+    """Two limiters whose clocks differ by SKEW: a window's edges move by the skew, its count never passes rpm."""
+    skew, rpm = 0.7, 10
+    engine = open_engine(pg_url)
+    a, b = (SharedAccounting(Ledger(engine), RespClient(redis_url)) for _ in range(2))
+    info = request(KeyLimits(rpm=rpm))
+    start, admitted = time.time(), []
+    for i in range(240):  # two minutes of attempts every half second, alternating routers
+        at = start + i * 0.5
+        limiter, clock = (a, at) if i % 2 else (b, at + skew)
+        try:
+            await limiter.admit(info, clock)
+            admitted.append(at)
+        except QuotaExceeded:
+            pass
+    assert len(admitted) >= 2 * rpm  # both minutes were used
+    for first in admitted:  # in true time, any span of a minute less the skew holds at most rpm
+        assert sum(first <= t < first + 60 - skew for t in admitted) <= rpm
+    engine.dispose()
+
+
+def test_redis_holds_no_key_no_secret_and_no_text(
+    registry: Registry, redis_url: str, make_backend: Callable[..., FakeBackend],
+    make_router: Callable[..., RouterHandle],
+) -> None:
+    backend = make_backend(models=["fake-chat"], secret=SECRET)
+    registry.add_backend("fake-chat", backend.url)
+    key = registry.add_key("private", limits=KeyLimits(rpm=100, daily_tokens=10_000))
+    three = routers(make_router, redis_url)
+    assert burst([r.url for r in three], key, 6) == {200: 6}
+    me(three[0].url, key)
+    client = redis.Redis.from_url(redis_url)
+    stored = b""
+    for name in client.scan_iter():
+        kind = client.type(name)
+        values = (client.hgetall(name) if kind == b"hash" else dict(client.zrange(name, 0, -1, withscores=True)))
+        stored += name + b"".join(k + str(v).encode() for k, v in values.items())
+    assert stored and key.encode() not in stored and key[:12].encode() not in stored
+    assert SECRET.encode() not in stored and b"hi" not in stored and b"private" not in stored
