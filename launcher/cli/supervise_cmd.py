@@ -15,6 +15,7 @@ from launcher.cli.context import CliContext
 from launcher.cli.errors import cli_errors
 from launcher.slurm.client import SlurmError
 from launcher.slurm.connect import open_slurm
+from launcher.control.leadership import leadership_for
 from launcher.control.supervisor import Supervisor
 
 
@@ -33,8 +34,12 @@ def supervise(obj: CliContext, interval: float | None, once: bool, catalog_path:
     with cli_errors(CatalogError, SlurmError):
         catalog = load_catalog(resolve_catalog_path(catalog_path, obj.settings.cluster.catalog))
         slurm = open_slurm()
-    supervisor = Supervisor(obj.engine, slurm, catalog, obj.settings)
+    supervisor = Supervisor(obj.engine, slurm, catalog, obj.settings, leadership=leadership_for(obj.engine))
     if once:
+        if not supervisor.lead():
+            assert supervisor.leadership is not None
+            raise click.ClickException(f"another supervisor ({supervisor.leadership.leader()}) acts on this "
+                                       "registry; --once runs only when none does")
         summary = supervisor.run_once()
         click.echo(f"{summary.deployments} deployment(s), {summary.changed} changed, "
                    f"{summary.submitted} submitted, {summary.cancelled} cancelled; "

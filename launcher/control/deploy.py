@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from pathlib import Path
@@ -21,7 +22,8 @@ from launcher.core.catalog import CatalogEntry
 from launcher.core.keys import hash_key
 from launcher.core.schema import Deployment
 from launcher.core.deployments import DeploymentError, DeploymentRecord, mark_draining, mark_gone
-from launcher.core.deployments import record_submitted, to_record
+from launcher.core.deployments import forget_intent, record_submitted, set_job_id, to_record
+from launcher.control.orphans import job_mark, mark_script
 from launcher.slurm.render import DRAIN_SIGNAL, JobSecrets, JobSpec, render_script
 from launcher.core.settings import ClusterSettings
 from launcher.slurm.client import SlurmClient
@@ -48,20 +50,38 @@ def submit_deployment(
     session: Session, slurm: SlurmClient, entry: CatalogEntry, cluster: ClusterSettings, *,
     time_limit: str | None = None, predecessor_id: int | None = None, now: datetime,
 ) -> DeploymentRecord:
-    """Submit one job of ENTRY and record it as pending; on SlurmError nothing is recorded."""
+    """Submit one job of ENTRY and record it as pending; on SlurmError nothing is recorded.
+
+    The row is written first, as an intent without a job id, and the job carries its mark: a
+    process killed between sbatch and recording the job id leaves a row that still counts as a
+    replica and whose job a supervisor finds and adopts (launcher.control.orphans).
+    """
     secrets = JobSecrets.new()
     script = render_script(entry, cluster, secrets, job_spec(cluster, time_limit))
-    job_id = slurm.submit(script)  # SlurmError propagates: no row was written
+    intent = record_submitted(
+        session, model=entry.name, kind=entry.kind, engine=entry.engine, job_id=None,
+        secret=secrets.backend_secret, registration_token_hash=hash_key(secrets.registration_token),
+        predecessor_id=predecessor_id, now=now,
+    )
     try:
-        return record_submitted(
-            session, model=entry.name, kind=entry.kind, engine=entry.engine, job_id=job_id,
-            secret=secrets.backend_secret, registration_token_hash=hash_key(secrets.registration_token),
-            predecessor_id=predecessor_id, now=now,
-        )
+        job_id = slurm.submit(mark_script(script, job_mark(intent.id, secrets.backend_secret)))
+    except Exception as exc:
+        session.rollback()
+        # sbatch that said no submitted nothing; one that timed out may have: keep that intent
+        # for a supervisor to adopt its job or drop it (launcher.control.orphans)
+        if "gave no answer" not in str(exc):
+            forget_intent(session, intent.id)
+        raise
+    try:
+        recorded = set_job_id(session, intent.id, job_id, now)
     except Exception:
         session.rollback()
         slurm.cancel(job_id)  # a job the registry does not know could never register
         raise
+    if not recorded:  # the intent was dropped meanwhile (`down`): its job must not run unknown
+        slurm.cancel(job_id)
+        raise DeploymentError(f"deployment #{intent.id} was removed while its job {job_id} was submitted")
+    return replace(intent, job_id=job_id)
 
 
 def live_deployments(session: Session, model: str) -> list[Deployment]:

@@ -165,7 +165,8 @@ def _scale(
     due = ho.expiring(ours, states, policy.handover, now) if missing >= 0 else []
     missing += len(due)
     if missing < 0:
-        waiting = sorted((d for d in ours if states[d.id] != "ready"), key=lambda d: d.id, reverse=True)
+        # an intent without a job yet is never surplus: its job may exist and would run unknown
+        waiting = sorted((d for d in ours if states[d.id] != "ready" and d.job_id), key=lambda d: d.id, reverse=True)
         why = f"surplus: {target.model} wants {desired} replica(s)"
         return [], [(d, why) for d in waiting[:-missing]], None
     if missing == 0 or (target.next_attempt_at and now < target.next_attempt_at):

@@ -23,6 +23,8 @@ from launcher.core.schema import Deployment
 from launcher.control.deploy import submit_deployment
 from launcher.control.handover import Handover
 from launcher.control.lead_times import handover_policy, recent_startups, windows_at
+from launcher.control.leadership import RETRY_S, Leadership, identity
+from launcher.control.orphans import ORPHAN_GRACE_S, intents, resolve_orphans
 from launcher.core.handover_check import handover_problems, time_limits
 from launcher.core.maintenance import Window, parse_windows
 from launcher.control.plan import Plan, Policy, Submission
@@ -94,6 +96,8 @@ class Supervisor:
     catalog: Catalog
     settings: Settings
     submit: Submit = field(default_factory=_default_submit)
+    leadership: Leadership | None = None  # None: act without asking (one pass by hand, tests)
+    _leading: bool | None = field(default=None, repr=False)
     _last_error: str | None = field(default=None, repr=False)
     _notes: frozenset[str] = field(default=frozenset(), repr=False)
     _reservations: tuple[Window, ...] = field(default=(), repr=False)
@@ -113,6 +117,9 @@ class Supervisor:
             # Rows first, then Slurm: a job submitted in between must not look vanished.
             rows, targets = live_records(session), load_targets(session)
             startups = recent_startups(session, cluster.successor_lead_history)
+        if intents(rows) and resolve_orphans(self.engine, self.slurm, rows, now, ORPHAN_GRACE_S):
+            with make_session() as session:
+                rows = live_records(session)
         try:
             # only our jobs: on Slurm >= 23.02 squeue then prints no one else's
             jobs = self.slurm.jobs([r.job_id for r in rows if r.job_id])
@@ -130,6 +137,20 @@ class Supervisor:
         submitted = sum(self._submit(make_session, s, targets, now) for s in plan.submissions)
         return PassSummary(len(rows), len(applied), submitted, cancelled, self.slurm.commands_run - commands,
                            time.perf_counter() - wall, time.process_time() - cpu)
+
+    def lead(self) -> bool:
+        """Whether this process may act now (it holds the leader lock); logs each change of role once."""
+        if self.leadership is None:
+            return True
+        leading = self.leadership.try_lead()
+        if leading != self._leading:
+            if leading:
+                LOG.info("leading: this supervisor (%s) acts on the registry", identity())
+            else:
+                LOG.info("standing by: supervisor %s leads; trying to take over every %g s",
+                         self.leadership.leader(), RETRY_S)
+        self._leading = leading
+        return leading
 
     def _apply(self, make_session: Callable[[], Session], plan: Plan, now: datetime) -> set[int]:
         """Write the plan in one transaction; a row changed meanwhile (registration) is skipped."""
@@ -152,7 +173,7 @@ class Supervisor:
         """scancel the jobs whose rows are now gone (so no request is routed to them first)."""
         done = 0
         for cancel in plan.cancels:
-            if cancel.deployment_id not in applied:
+            if cancel.deployment_id not in applied or not cancel.job_id:
                 continue
             try:
                 self.slurm.cancel(cancel.job_id)
@@ -233,11 +254,16 @@ class Supervisor:
         """Pass after pass until STOP is set; a pass that crashes is logged and the loop goes on."""
         while not stop.is_set():
             started = time.monotonic()
+            if not self.lead():
+                stop.wait(RETRY_S)
+                continue
             try:
                 self.run_once()
             except Exception:  # the loop must outlive one bad pass (a locked DB, a bad row)
                 LOG.exception("reconcile pass failed")
             stop.wait(max(0.0, interval_s - (time.monotonic() - started)))
+        if self.leadership is not None:
+            self.leadership.release()
 
 
 _RECORD_COLUMNS = [getattr(Deployment, f.name) for f in fields(DeploymentRecord)]

@@ -15,6 +15,7 @@ from launcher.core.catalog import load_catalog, resolve_catalog_path
 from launcher.core.db import open_engine, resolve_db_url
 from launcher.core.settings import Settings
 from launcher.slurm.connect import open_slurm
+from launcher.control.leadership import RETRY_S, leadership_for
 from launcher.control.supervisor import Supervisor
 
 LOG = logging.getLogger("llm_launch.supervisor")
@@ -24,13 +25,16 @@ def open_supervisor(settings: Settings, engine: Engine | None = None) -> Supervi
     """A supervisor on the configured registry (or ENGINE), catalog and Slurm."""
     engine = engine or open_engine(resolve_db_url(None, settings.database))
     catalog = load_catalog(resolve_catalog_path(None, settings.cluster.catalog))
-    return Supervisor(engine, open_slurm(), catalog, settings)
+    return Supervisor(engine, open_slurm(), catalog, settings, leadership=leadership_for(engine))
 
 
 async def supervise_async(supervisor: Supervisor, interval_s: float) -> None:
     """The loop as an asyncio task: each pass runs in a worker thread, off the event loop."""
     while True:
         started = time.monotonic()
+        if not await asyncio.to_thread(supervisor.lead):
+            await asyncio.sleep(RETRY_S)
+            continue
         try:
             await asyncio.to_thread(supervisor.run_once)
         except Exception:  # keep supervising; the router must not lose its supervisor to one pass
@@ -50,5 +54,7 @@ def supervisor_context(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if supervisor.leadership is not None:
+            await asyncio.to_thread(supervisor.leadership.release)
 
     return context

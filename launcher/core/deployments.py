@@ -119,10 +119,10 @@ def mark_reregistered(session: Session, row: Deployment, *, url: str, kind: str,
 
 
 def record_submitted(
-    session: Session, *, model: str, kind: str, engine: str, job_id: str, secret: str,
+    session: Session, *, model: str, kind: str, engine: str, job_id: str | None, secret: str,
     registration_token_hash: str, predecessor_id: int | None, now: datetime,
 ) -> DeploymentRecord:
-    """Record a job just submitted as pending; on failure the caller rolls back (and cancels the job)."""
+    """Record a job as pending; job_id None records the intent to submit one (set_job_id follows)."""
     row = Deployment(
         model=model, kind=kind, engine=engine, state="pending", job_id=job_id, secret=secret,
         registration_token_hash=registration_token_hash, submitted_at=now, predecessor_id=predecessor_id,
@@ -131,6 +131,24 @@ def record_submitted(
     session.add(row)
     session.commit()
     return to_record(row)
+
+
+def set_job_id(session: Session, deployment_id: int, job_id: str, now: datetime) -> bool:
+    """Give a pending intent its job; idempotent, and False when the row went meanwhile."""
+    query = (update(Deployment).where(Deployment.id == deployment_id, Deployment.state == "pending",
+                                      (Deployment.job_id.is_(None)) | (Deployment.job_id == job_id))
+             .values(job_id=job_id, updated_at=now))
+    done = bool(session.connection().execute(query).rowcount == 1)
+    session.commit()
+    return done
+
+
+def forget_intent(session: Session, deployment_id: int) -> None:
+    """Delete an intent whose sbatch failed: no job exists, so there is nothing to keep."""
+    row = session.get(Deployment, deployment_id)
+    if row is not None and row.job_id is None:
+        session.delete(row)
+    session.commit()
 
 
 def get_deployment(session: Session, deployment_id: int) -> Deployment:

@@ -46,6 +46,7 @@ class JobInfo:
     end_time: datetime | None
     time_limit_s: int | None
     exit_code: int | None
+    comment: str | None = None  # llm-launch marks its jobs here (launcher.control.orphans)
 
     @property
     def finished(self) -> bool:
@@ -127,6 +128,7 @@ def job_from_json(job: dict[str, Any]) -> JobInfo:
         end_time=end_time,
         time_limit_s=None if limit_min is None else limit_min * 60,
         exit_code=_exit_code(job.get("exit_code")) if state in FINISHED_STATES else None,
+        comment=_text(job.get("comment")),
     )
 
 
@@ -245,6 +247,7 @@ def parse_scontrol_show_job_line(line: str, *, tz: tzinfo) -> JobInfo:
         end_time=_local_time(_text(f.get("EndTime")), tz),
         time_limit_s=parse_duration_s(f.get("TimeLimit", "")),
         exit_code=exit_code if state in FINISHED_STATES else None,
+        comment=_text(f.get("Comment")),
     )
 
 

@@ -82,6 +82,7 @@ def job_info(job: Any) -> JobInfo:
         end_time=_utc(getattr(job, "end_time", None)),
         time_limit_s=int(limit) * 60 if isinstance(limit, int) else None,
         exit_code=getattr(job, "exit_code", None) if state not in ("PENDING", "RUNNING") else None,
+        comment=_reason(getattr(job, "comment", None)),
     )
 
 
