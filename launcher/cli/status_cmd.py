@@ -20,6 +20,7 @@ from launcher.core.deployments import DeploymentRecord, list_deployments
 from launcher.core.settings import Settings
 from launcher.core.targets import Target, load_targets
 from launcher.control.lead_times import start_ups
+from launcher.control.leadership import leadership_for
 
 HEADERS = ["id", "model", "job", "owner", "state", "node", "url", "time left", "health", "in flight", "links"]
 # The router's answer: {"deployments": [{"id": 3, "health": "healthy", "in_flight": 2}, ...]}
@@ -59,7 +60,8 @@ def _gather(obj: CliContext, show_all: bool, router_url: str) -> dict[str, Any]:
         starts = start_ups(session, cluster, _catalog_or_none(cluster.catalog))
         within = {m: s + cluster.successor_lead_margin_s for m, s in starts.items()}
     live = fetch_router_status(router_url, obj.settings.router.admin_token)
-    return build_report(rows, targets, live, utcnow(), cluster.successor_late_s, within)
+    report = build_report(rows, targets, live, utcnow(), cluster.successor_late_s, within)
+    return {**report, "supervisor": leadership_for(obj.engine).leader()}
 
 
 def _catalog_or_none(path: str) -> Catalog | None:
@@ -156,6 +158,11 @@ def _echo_report(report: Mapping[str, Any]) -> None:
         click.echo(line)
     if not report["router_reachable"]:
         click.echo("router status not reachable: health and in-flight unknown (-)")
+    if report.get("supervisor"):
+        click.echo(f"supervisor: {report['supervisor']} leads")
+    else:
+        click.echo("supervisor: none running: nothing starts, replaces or scales deployments "
+                   "(run `llm-launch supervise`, or a router with supervise = true)")
 
 
 def state_text(d: Mapping[str, Any]) -> str:

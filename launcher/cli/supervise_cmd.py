@@ -34,11 +34,11 @@ def supervise(obj: CliContext, interval: float | None, once: bool, catalog_path:
     with cli_errors(CatalogError, SlurmError):
         catalog = load_catalog(resolve_catalog_path(catalog_path, obj.settings.cluster.catalog))
         slurm = open_slurm()
-    supervisor = Supervisor(obj.engine, slurm, catalog, obj.settings, leadership=leadership_for(obj.engine))
+    leadership = leadership_for(obj.engine)
+    supervisor = Supervisor(obj.engine, slurm, catalog, obj.settings, leadership=leadership)
     if once:
         if not supervisor.lead():
-            assert supervisor.leadership is not None
-            raise click.ClickException(f"another supervisor ({supervisor.leadership.leader()}) acts on this "
+            raise click.ClickException(f"another supervisor ({leadership.leader() or 'unknown'}) acts on this "
                                        "registry; --once runs only when none does")
         summary = supervisor.run_once()
         click.echo(f"{summary.deployments} deployment(s), {summary.changed} changed, "

@@ -38,8 +38,8 @@ class Leadership(Protocol):
         """True while this process leads: takes the lock when free, checks it is still held."""
         ...
 
-    def leader(self) -> str:
-        """Who holds the lock, as it named itself ('unknown' when that cannot be told)."""
+    def leader(self) -> str | None:
+        """Who holds the lock, as it named itself; None when nobody does ('unknown' when that cannot be told)."""
         ...
 
     def release(self) -> None:
@@ -53,7 +53,7 @@ class SoleLeadership:
     def try_lead(self) -> bool:
         return True
 
-    def leader(self) -> str:
+    def leader(self) -> str | None:
         return identity()
 
     def release(self) -> None:
@@ -81,11 +81,23 @@ class FileLeadership:
         self._fd = fd
         return True
 
-    def leader(self) -> str:
+    def leader(self) -> str | None:
+        if self._fd is not None:
+            return identity()
         try:
-            return self.path.read_text(errors="replace").strip() or "unknown"
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
         except OSError:
             return "unknown"
+        try:
+            # A shared lock is granted only while nobody holds the exclusive one: then nobody leads
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            return os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+        finally:
+            os.close(fd)  # drops the shared lock, if taken
 
     def release(self) -> None:
         if self._fd is not None:
@@ -135,7 +147,7 @@ class PostgresLeadership:
         except DBAPIError:
             return False
 
-    def leader(self) -> str:
+    def leader(self) -> str | None:
         # A 64-bit advisory key shows in pg_locks as classid (high half) and objid (low half).
         query = text(
             "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
@@ -147,7 +159,7 @@ class PostgresLeadership:
                                             "low": LEADER_LOCK_ID & 0xFFFFFFFF}).scalar()
         except DBAPIError:
             return "unknown"
-        return str(name).removeprefix("llm-launch supervisor ") if name else "unknown"
+        return str(name).removeprefix("llm-launch supervisor ") if name is not None else None
 
     def release(self) -> None:
         if self._conn is not None:

@@ -148,7 +148,7 @@ class Supervisor:
                 LOG.info("leading: this supervisor (%s) acts on the registry", identity())
             else:
                 LOG.info("standing by: supervisor %s leads; trying to take over every %g s",
-                         self.leadership.leader(), RETRY_S)
+                         self.leadership.leader() or "unknown", RETRY_S)
         self._leading = leading
         return leading
 

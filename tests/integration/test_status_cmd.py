@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from click.testing import CliRunner
 
 from launcher.cli import main
 from launcher.cli.status_cmd import duration_text
+from launcher.control.leadership import leadership_for
 from launcher.core.db import open_engine, session_factory, utcnow
 from launcher.core.schema import Deployment, ModelTarget
 
@@ -81,3 +84,15 @@ def test_json_has_every_field_and_no_router_view(db: Path) -> None:
                                                (93600, "1d02h")])
 def test_duration_text(seconds: int | None, text: str) -> None:
     assert duration_text(seconds) == text
+
+
+def test_status_names_the_acting_supervisor_or_says_none_runs(db: Path) -> None:
+    assert "supervisor: none running: nothing starts, replaces or scales deployments" in run(db)
+    assert json.loads(run(db, "--json"))["supervisor"] is None
+    leader = leadership_for(open_engine(f"sqlite:///{db}"))
+    assert leader.try_lead()
+    try:
+        assert f"supervisor: {socket.gethostname()} pid {os.getpid()} leads" in run(db)
+        assert json.loads(run(db, "--json"))["supervisor"] == f"{socket.gethostname()} pid {os.getpid()}"
+    finally:
+        leader.release()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -37,10 +38,12 @@ time.sleep(600)
 def test_one_leader_at_a_time_and_the_next_takes_over(db_url: str) -> None:  # noqa: F811
     engine = open_engine(db_url)
     first, second = leadership_for(engine), leadership_for(engine)
+    assert second.leader() is None  # nobody leads yet
     assert first.try_lead() and first.try_lead()
     assert not second.try_lead()
-    assert "pid" in second.leader()
+    assert f"pid {os.getpid()}" in (second.leader() or "")
     first.release()
+    assert second.leader() is None
     assert second.try_lead()
     second.release()
 
@@ -51,7 +54,7 @@ def test_a_sigkilled_leader_is_replaced_within_10_s(db_url: str) -> None:  # noq
         assert holder.stdout is not None and holder.stdout.readline().strip() == "leading"
         follower = leadership_for(open_engine(db_url))
         assert not follower.try_lead()
-        assert f"pid {holder.pid}" in follower.leader()
+        assert f"pid {holder.pid}" in (follower.leader() or "")
         holder.kill()
         killed = time.monotonic()
         while not follower.try_lead():  # a follower's retry cadence
