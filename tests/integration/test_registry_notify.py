@@ -16,6 +16,7 @@ from launcher.cli import main
 from launcher.core.db import open_engine
 from tests.conftest import SECRET, Registry, RouterHandle
 from tests.fake_backend import FakeBackend
+from tests.integration.test_registration import TOKEN, post, submitted_job
 from tests.shared_services import PrivatePostgres
 
 LIMIT_S = 1.0
@@ -97,3 +98,24 @@ def test_after_a_database_restart_the_routers_listen_again(
     while chat_status(router, alice) != 401:
         assert time.monotonic() - start < 8.0, "the router never saw the revocation"
         time.sleep(0.05)
+
+
+def test_a_job_registers_through_one_router_and_the_others_route_to_it_within_a_second(
+    registry: Registry, redis_url: str, make_backend: Callable[..., FakeBackend],
+    make_router: Callable[..., RouterHandle],
+) -> None:
+    """The URL a job is given may be a load balancer: whichever router takes its registration,
+    every router routes to it (and stops when it deregisters) within 1 s."""
+    backend = make_backend(models=["fake-chat"], secret=SECRET)
+    alice = registry.add_key("alice")
+    first, *others = [make_router(registry_refresh_s=3600.0, redis_url=redis_url) for _ in range(3)]
+    submitted_job(registry)
+    assert all(chat_status(r, alice) != 200 for r in (first, *others))  # nothing serves yet
+    claim = {"job_id": "4242", "url": backend.url, "node": "gpu7", "token": TOKEN}
+    assert post(first, "register", claim).status_code == 200
+    registered = until_all(others, lambda r: chat_status(r, alice) == 200)
+    assert post(others[0], "deregister", {**claim, "reason": "job ending"}).status_code == 200
+    deregistered = until_all([first, others[1]], lambda r: chat_status(r, alice) != 200)
+    print(f"\nregistered via one router: others route in {registered * 1000:.0f} ms; "
+          f"deregistered: others stop in {deregistered * 1000:.0f} ms")
+    assert registered < LIMIT_S and deregistered < LIMIT_S
