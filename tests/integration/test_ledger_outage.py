@@ -5,6 +5,7 @@ the backend reported, no row lost or doubled."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -141,3 +142,34 @@ def test_an_outage_under_load_loses_no_request_and_no_usage_row_and_doubles_none
     assert requests == len(load.served)
     assert (prompt, completion) == (sum(p for p, _ in load.served), sum(c for _, c in load.served))
     print(f"\nserved {len(load.served)} requests through two PostgreSQL outages; ledger exact")
+
+
+def test_shared_mode_three_routers_through_an_outage_serve_everything_and_write_each_row_once(
+    registry: Registry, private_pg: PrivatePostgres, redis_url: str, make_backend: Callable[..., FakeBackend],
+    make_router: Callable[..., RouterHandle],
+) -> None:
+    """Shared mode: the limiter is in Redis, so admissions go on while PostgreSQL is down; each
+    router keeps its own batches and writes them once when the database returns."""
+    backend = make_backend(models=["fake-chat"], secret=SECRET)
+    registry.add_backend("fake-chat", backend.url)
+    keys = [registry.add_key(name) for name in KEYS]
+    three = [make_router(redis_url=redis_url, ledger_flush_s=0.1, admin_token=ADMIN) for _ in range(3)]
+    with contextlib.ExitStack() as stack:
+        loads = [stack.enter_context(Load(router.base_url, keys, threads=1)) for router in three]
+        time.sleep(0.5)
+        private_pg.stop()
+        served_before = sum(len(load.served) for load in loads)
+        time.sleep(2.0)
+        assert sum(len(load.served) for load in loads) > served_before  # every router still serving
+        private_pg.start()
+        time.sleep(1.0)
+    served = [answer for load in loads for answer in load.served]
+    assert [failure for load in loads for failure in load.failed] == []
+    wait_for(lambda: all(metrics(r)["llm_router_ledger_pending_rows"] == 0 for r in three))
+    with registry.engine.connect() as conn:
+        requests, prompt, completion = conn.execute(select(
+            func.sum(UsageDaily.requests), func.sum(UsageDaily.prompt_tokens),
+            func.sum(UsageDaily.completion_tokens))).one()
+    assert requests == len(served)
+    assert (prompt, completion) == (sum(p for p, _ in served), sum(c for _, c in served))
+    print(f"\nshared mode: {len(served)} requests over 3 routers through a PostgreSQL outage; ledger exact")

@@ -170,7 +170,7 @@ def key_id(registry: Registry, name: str) -> int:
         return int(conn.execute(text("SELECT id FROM api_keys WHERE name = :n"), {"n": name}).scalar_one())
 
 
-def _router_process(registry: Registry, redis: str, tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
+def shared_router_process(registry: Registry, redis: str, tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
     (tmp_path / "none.toml").write_text("")
     env = {**os.environ, "LLM_LAUNCH_CONFIG": str(tmp_path / "none.toml")}
     proc = subprocess.Popen(
@@ -192,7 +192,7 @@ def test_a_killed_routers_reservations_return_within_the_lease(
     registry.add_backend("fake-chat", backend.url)
     key = registry.add_key("held", limits=KeyLimits(max_parallel=3))
     survivor = routers(make_router, redis_url, count=1)[0]
-    proc, url = _router_process(registry, redis_url, tmp_path)
+    proc, url = shared_router_process(registry, redis_url, tmp_path)
     try:
         session = requests.Session()
         for _ in range(3):  # three requests held by the process's backend call
