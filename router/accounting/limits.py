@@ -10,6 +10,7 @@ window passed and last 60 s; budgets follow the UTC calendar day and month.
 
 from __future__ import annotations
 
+import functools
 import math
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -64,7 +65,13 @@ class KeyState:
 
 def month_bounds(now: float) -> tuple[float, float]:
     """Start and end (epoch seconds) of the UTC calendar month containing NOW."""
-    t = datetime.fromtimestamp(now, UTC)
+    return _month_of_day(int(now // DAY))
+
+
+@functools.lru_cache(maxsize=8)
+def _month_of_day(day: int) -> tuple[float, float]:
+    # cached: the limiters ask up to three times per request, and days change rarely
+    t = datetime.fromtimestamp(day * DAY, UTC)
     start = datetime(t.year, t.month, 1, tzinfo=UTC)
     end = datetime(t.year + t.month // 12, t.month % 12 + 1, 1, tzinfo=UTC)
     return start.timestamp(), end.timestamp()

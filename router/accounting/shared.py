@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 LEASE_S = 15.0  # a dead router's reservations count at most this long after its last renewal
 ROUTERS = "llm-launch:routers"  # live routers: member = router id, score = lease expiry
 DECIDED = ("shared", "local", "unavailable")  # where admissions were decided (unavailable: a 503)
+LIMITS = tuple(f.name for f in dataclasses.fields(KeyLimits))  # in the order ADMIT reads them
 
 
 @dataclasses.dataclass
@@ -85,7 +86,7 @@ class SharedAccounting:
         key, limits = info.key, info.key.limits
         reserve, audio = reservations(info)
         ticket = f"{self._id}:{next(self._tickets)}"
-        args = [*_clock(now), *(_limit(getattr(limits, f.name)) for f in dataclasses.fields(KeyLimits)),
+        args = [*_clock(now), *(_limit(getattr(limits, name)) for name in LIMITS),
                 reserve, f"{audio:.3f}", ticket, f"{now + self._lease_s:.3f}"]
         try:
             reply = await self._redis.script(ADMIT, _keys(key.id), args)
@@ -255,8 +256,7 @@ class SharedAccounting:
 
 def shares(limits: KeyLimits, routers: int) -> KeyLimits:
     """Each of ROUTERS routers' share of LIMITS: together never more than the limit."""
-    return KeyLimits(**{f.name: None if (v := getattr(limits, f.name)) is None else v // routers
-                        for f in dataclasses.fields(KeyLimits)})
+    return KeyLimits(**{name: None if (v := getattr(limits, name)) is None else v // routers for name in LIMITS})
 
 
 def _keys(key_id: int) -> list[str]:
