@@ -199,3 +199,18 @@ def test_a_taken_port_fails_the_start_once(registry: Registry, tmp_path: Path) -
     assert result.stderr.count("cannot listen on") == 1, result.stderr
     assert "router worker 0 exited while starting" in result.stderr
     assert "worker 1" not in result.stderr
+
+
+def test_a_worker_that_keeps_dying_at_start_up_stops_the_service(
+    registry: Registry, workers: Callable[..., RouterProcess], tmp_path: Path,
+) -> None:
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text('[models.m]\nengine = "vllm"\nweights = "/models/m"\nserved_name = "m"\n')
+    router = workers("--no-accounting", "--catalog", str(catalog))
+    pids = list(worker_pids(router).values())
+    catalog.unlink()  # a restarted worker now fails at start-up, every time
+    os.kill(pids[1], signal.SIGKILL)
+    assert router.proc.wait(60) != 0
+    router.wait_for(r"router worker 1 died 5 times in a row before serving")
+    assert "".join(router.lines).count("catalog file not found") == 5
+    assert not [pid for pid in pids if alive(pid)]
