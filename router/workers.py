@@ -60,7 +60,8 @@ class WorkerPool:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         try:
-            # Worker 0 alone first: a bad setting or a taken port fails once, with one message.
+            # Worker 0 alone first: a bad setting or a taken port fails once, with one message,
+            # and a new registry is migrated by one process, before the others open it.
             port = self._start_all()
             if self._stopping:
                 return self._stop()
@@ -92,10 +93,11 @@ class WorkerPool:
     def _await_serving(self, starting: list[Worker]) -> int:
         """Wait until every one of STARTING serves; one that dies first fails the start."""
         port = 0
-        pending = {w.ready_pipe: w for w in starting}
+        pending = list(starting)
         while pending and not self._stopping:
-            for pipe in wait(list(pending), timeout=POLL_S):
-                worker = pending.pop(pipe)  # type: ignore[arg-type]
+            ready = wait([w.ready_pipe for w in pending], timeout=POLL_S)
+            for worker in [w for w in pending if w.ready_pipe in ready]:
+                pending.remove(worker)
                 port = self._serving(worker)
                 if not port:
                     worker.process.join()

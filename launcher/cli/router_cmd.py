@@ -11,7 +11,7 @@ import click
 from launcher.cli.context import CliContext
 from launcher.cli.router_serve import serve, setup_logging
 from launcher.cli.router_workers import run_workers
-from launcher.core.settings import Settings
+from launcher.core.settings import Settings, SettingsError
 from launcher.core.settings_overrides import with_overrides
 
 
