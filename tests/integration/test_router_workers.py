@@ -153,8 +153,10 @@ def test_a_killed_worker_is_restarted_and_requests_keep_being_served(
     assert len(after) == 2 and len(set(after) - set(before)) == 1  # the new worker has a new prefix
 
 
-def test_sigterm_to_the_parent_stops_every_worker_and_the_stream_in_flight_ends_whole(
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_parent_stops_every_worker_and_the_stream_in_flight_ends_whole(
     registry: Registry, make_backend: Callable[..., FakeBackend], workers: Callable[..., RouterProcess],
+    sig: signal.Signals,
 ) -> None:
     backend = make_backend(models=["fake-chat"], chunks=20, chunk_delay_ms=50)
     registry.add_backend("fake-chat", backend.url, secret=None)
@@ -166,7 +168,7 @@ def test_sigterm_to_the_parent_stops_every_worker_and_the_stream_in_flight_ends_
                        json=body, stream=True, timeout=30) as reply:
         chunks = reply.iter_content(None)
         first = next(chunks)
-        router.proc.send_signal(signal.SIGTERM)
+        router.proc.send_signal(sig)  # to the parent alone: it passes SIGTERM on to each worker
         rest = b"".join(chunks)
     assert b"tok0" in first
     assert (first + rest).endswith(b"data: [DONE]\n\n")
@@ -214,3 +216,12 @@ def test_a_worker_that_keeps_dying_at_start_up_stops_the_service(
     router.wait_for(r"router worker 1 died 5 times in a row before serving")
     assert "".join(router.lines).count("catalog file not found") == 5
     assert not [pid for pid in pids if alive(pid)]
+
+
+def test_only_worker_0_runs_the_supervisor(registry: Registry, workers: Callable[..., RouterProcess]) -> None:
+    router = workers("--no-accounting", "--set", "supervise=true")
+    leader = router.wait_for(r"llm_launch.supervisor\[(\d+)\] INFO leading")
+    assert int(leader.group(1)) == worker_pids(router)[0]
+    time.sleep(3)  # a supervisor in worker 1 would have said within a second that it stands by
+    log = "".join(router.lines)
+    assert "standing by" not in log and log.count("INFO leading") == 1
