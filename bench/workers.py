@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import redis
 
@@ -32,7 +33,15 @@ from launcher.core.deployments import add_backend
 from launcher.core.keys import create_key
 
 CHAT = BODY.replace(b"fake-chat", b"bench-chat")  # the model bench/fast_backend.py lists
-REDIS_DB = 13  # a database of its own: the key ids of this registry must not meet another's counters
+REDIS_DB = 13
+
+
+class Round(NamedTuple):
+    """One wrk phase against one router: wrk's figures, the router's CPU, the machine's busy share."""
+
+    wrk: WrkResult
+    cpu_ns: int
+    busy: float  # a database of its own: the key ids of this registry must not meet another's counters
 
 
 def tree(pid: int) -> list[int]:
@@ -64,6 +73,13 @@ def registry(url: str, backend: str) -> str:
         key, _ = create_key(session, "bench", limits=EVERY_LIMIT)
     engine.dispose()
     return key
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine so far, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def start_router(stack: Stack, db: str, workers: int, *args: str) -> tuple[str, int]:
@@ -110,33 +126,41 @@ def compare(stack: Stack, pg: str, redis_url: str, args: argparse.Namespace) -> 
     work = stack.tmp
     write_wrk_files(work, {"chat": CHAT})
     cores = tuple(sorted(os.sched_getaffinity(0)))
+    load_at_start = f"{os.getloadavg()[0]:.2f}"  # other users of a shared machine show here
     targets = {(mode, n): start_router(stack, pg, n, *extra)
                for mode, extra in [("shared (PostgreSQL + Redis)", ["--set", f"redis_url={redis_url!r}"]),
                                    ("--no-accounting", ["--no-accounting"])]
                for n in (1, 2)}
     for url, _ in targets.values():  # warm-up: connections, the key's first seed from the ledger
         run_wrk(url, key, "chat", work, args.connections, 2, cores)
-    results: dict[tuple[str, int], list[tuple[WrkResult, int]]] = {t: [] for t in targets}
+    results: dict[tuple[str, int], list[Round]] = {t: [] for t in targets}
     for _ in range(args.rounds):
         for target, (url, pid) in targets.items():
-            before = tree_cpu_ns(pid)
+            before, (busy, total) = tree_cpu_ns(pid), machine_ticks()
             result = run_wrk(url, key, "chat", work, args.connections, args.seconds, cores)
-            results[target].append((result, tree_cpu_ns(pid) - before))
+            busy_after, total_after = machine_ticks()
+            results[target].append(Round(result, tree_cpu_ns(pid) - before,
+                                         (busy_after - busy) / max(1, total_after - total)))
     report(results, args)
+    print(f"load average at the start {load_at_start}, at the end {os.getloadavg()[0]:.2f}")
 
 
-def report(results: dict[tuple[str, int], list[tuple[WrkResult, int]]], args: argparse.Namespace) -> None:
-    print(f"{'mode':28} {'workers':>7} {'req/s':>8} {'rounds':>22} {'p50 ms':>7} {'CPU us/req':>10} {'errors':>6} "
-          f"{'x 1 worker':>10}")
+def report(results: dict[tuple[str, int], list[Round]], args: argparse.Namespace) -> None:
+    print(f"{'mode':28} {'workers':>7} {'req/s':>8} {'rounds':>22} {'p50 ms':>7} {'CPU us/req':>10} "
+          f"{'router cores':>12} {'machine busy':>12} {'errors':>6} {'x 1 worker':>10}")
     for (mode, n), runs in results.items():
-        rates = [r.rps for r, _ in runs]
+        rates = [r.wrk.rps for r in runs]
         median = statistics.median(rates)
-        one = statistics.median(r.rps for r, _ in results[(mode, 1)])
-        cpu = sum(ns for _, ns in runs) / max(1, sum(r.requests for r, _ in runs)) / 1000
-        p50 = statistics.median(r.p50_us for r, _ in runs) / 1000
-        errors = sum(r.errors for r, _ in runs)
+        one = statistics.median(r.wrk.rps for r in results[(mode, 1)])
+        cpu_ns_total = sum(r.cpu_ns for r in runs)
+        cpu = cpu_ns_total / max(1, sum(r.wrk.requests for r in runs)) / 1000
+        cores = cpu_ns_total / 1e9 / sum(r.wrk.seconds for r in runs)
+        busy = statistics.mean(r.busy for r in runs)
+        p50 = statistics.median(r.wrk.p50_us for r in runs) / 1000
+        errors = sum(r.wrk.errors for r in runs)
         shown = " ".join(f"{rate:.0f}" for rate in rates)
-        print(f"{mode:28} {n:>7} {median:8.0f} {shown:>22} {p50:7.2f} {cpu:10.1f} {errors:>6} {median / one:10.2f}")
+        print(f"{mode:28} {n:>7} {median:8.0f} {shown:>22} {p50:7.2f} {cpu:10.1f} {cores:12.2f} {busy:11.0%} "
+              f"{errors:>6} {median / one:10.2f}")
     print(f"chat through the router, wrk -t1 -c{args.connections}, {args.rounds} interleaved rounds of "
           f"{args.seconds} s each, on {os.cpu_count()} cores shared by wrk, the backend, Redis, PostgreSQL "
           f"and the routers")

@@ -8,11 +8,13 @@ serves by sending its bound port on a pipe; the parent waits for every one befor
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ START_FAILURES = 5  # deaths in a row of one worker before it served: a crash lo
 BACKOFF_S = 0.5  # first restart delay, doubled per death in a row, at most MAX_BACKOFF_S
 MAX_BACKOFF_S = 8.0
 POLL_S = 0.1  # how often the parent looks at its signals flag between worker events
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 # The worker's entry point: (index, ready pipe, *args); picklable (a module-level function).
 Target = Callable[..., None]
@@ -82,7 +85,7 @@ class WorkerPool:
 
     def _spawn(self, index: int, failures: int) -> Worker:
         reader, writer = SPAWN.Pipe(duplex=False)
-        process = SPAWN.Process(target=self.target, args=(index, writer, *self.args),
+        process = SPAWN.Process(target=worker_main, args=(self.target, os.getpid(), index, writer, *self.args),
                                 name=f"router-worker-{index}", daemon=False)
         process.start()
         writer.close()  # the worker holds the only writer: its death is an EOF here
@@ -168,6 +171,21 @@ class WorkerPool:
                 process.kill()
                 process.join()
         return 0 if all(p.exitcode == 0 for p in live) else 1
+
+
+def worker_main(target: Target, parent: int, *args: Any) -> None:
+    """In the worker: stop with the parent, then run TARGET(*ARGS)."""
+    stop_with_parent(parent)
+    target(*args)
+
+
+def stop_with_parent(parent: int) -> None:
+    """Linux: SIGTERM this process when PARENT dies, even by SIGKILL, so no orphan keeps the port."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _exit(code: int | None) -> str:

@@ -225,3 +225,14 @@ def test_only_worker_0_runs_the_supervisor(registry: Registry, workers: Callable
     time.sleep(3)  # a supervisor in worker 1 would have said within a second that it stands by
     log = "".join(router.lines)
     assert "standing by" not in log and log.count("INFO leading") == 1
+
+
+def test_workers_stop_when_the_parent_is_killed(registry: Registry, workers: Callable[..., RouterProcess]) -> None:
+    router = workers("--no-accounting")
+    pids = list(worker_pids(router).values())
+    router.proc.kill()
+    router.proc.wait(10)
+    deadline = time.monotonic() + 20
+    while [pid for pid in pids if alive(pid)]:  # each got SIGTERM from the kernel and stopped gracefully
+        assert time.monotonic() < deadline, "a worker outlived its killed parent"
+        time.sleep(0.1)
