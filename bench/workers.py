@@ -1,7 +1,7 @@
 """Router throughput with `--workers 2` against `--workers 1`, side by side in one run.
 
     source "$LLM_LAUNCH_SERVICES_DIR/env.sh"     # PostgreSQL and Redis (scripts/local-services start)
-    .venv/bin/python -m bench.workers [--seconds 8] [--rounds 3] [--connections 64]
+    .venv/bin/python -m bench.workers [--seconds 8] [--rounds 3] [--connections 64] [--redis URL]
 
 Four routers run at once on one PostgreSQL registry, against one fast backend
 (bench/fast_backend.py): shared mode (accounting on, every limit set on the key, limits in
@@ -101,13 +101,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--redis", help="URL of a Redis database the run may empty (default: the server of "
+                                        f"LLM_LAUNCH_TEST_REDIS_URL, database {REDIS_DB})")
     args = parser.parse_args()
     pg_server, redis_server = os.environ.get("LLM_LAUNCH_TEST_PG_URL"), os.environ.get("LLM_LAUNCH_TEST_REDIS_URL")
-    if not pg_server or not redis_server:
+    if not pg_server or not (args.redis or redis_server):
         raise SystemExit("needs PostgreSQL and Redis: scripts/local-services start, then source its env.sh")
     if not wrk_available():
         raise SystemExit("needs wrk (Debian: apt-get install wrk)")
-    redis_url = redis_server.rsplit("/", 1)[0] + f"/{REDIS_DB}"
+    redis_url = args.redis or f"{redis_server.rsplit('/', 1)[0]}/{REDIS_DB}"
     with tempfile.TemporaryDirectory() as tmp, pg_database(pg_server) as pg:
         stack = Stack(Path(tmp))
         redis.Redis.from_url(redis_url).flushdb()

@@ -80,7 +80,8 @@ class WorkerPool:
 
     def _start_all(self) -> int:
         port = self._await_serving([self._spawn(0, failures=0)])
-        self._await_serving([self._spawn(i, failures=0) for i in range(1, self.count)])
+        if not self._stopping:
+            self._await_serving([self._spawn(i, failures=0) for i in range(1, self.count)])
         return port
 
     def _spawn(self, index: int, failures: int) -> Worker:
