@@ -105,11 +105,11 @@ def main() -> None:
                                         f"LLM_LAUNCH_TEST_REDIS_URL, database {REDIS_DB})")
     args = parser.parse_args()
     pg_server, redis_server = os.environ.get("LLM_LAUNCH_TEST_PG_URL"), os.environ.get("LLM_LAUNCH_TEST_REDIS_URL")
-    if not pg_server or not (args.redis or redis_server):
+    redis_url = args.redis or (f"{redis_server.rsplit('/', 1)[0]}/{REDIS_DB}" if redis_server else "")
+    if not pg_server or not redis_url:
         raise SystemExit("needs PostgreSQL and Redis: scripts/local-services start, then source its env.sh")
     if not wrk_available():
         raise SystemExit("needs wrk (Debian: apt-get install wrk)")
-    redis_url = args.redis or f"{redis_server.rsplit('/', 1)[0]}/{REDIS_DB}"
     with tempfile.TemporaryDirectory() as tmp, pg_database(pg_server) as pg:
         stack = Stack(Path(tmp))
         redis.Redis.from_url(redis_url).flushdb()
