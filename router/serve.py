@@ -21,9 +21,11 @@ BACKLOG = 1024
 class GuardedSite(web.BaseSite):
     """A TCP site whose connections are GuardedHandler protocols (deadlines, cap, envelopes)."""
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int, rs: RouterSettings) -> None:
+    def __init__(self, runner: web.AppRunner, host: str, port: int, rs: RouterSettings,
+                 reuse_port: bool = False) -> None:
         super().__init__(runner, backlog=BACKLOG)
         self._host, self._port = host, port
+        self._reuse_port = reuse_port  # several worker processes on one port: the kernel spreads connections
         self._limits = Limits(rs.header_timeout_s, rs.body_timeout_s, rs.max_connections, rs.retry_after_s)
         self._keepalive_s = rs.keepalive_timeout_s
 
@@ -46,17 +48,18 @@ class GuardedSite(web.BaseSite):
                                   access_log=None)
 
         self._server = await loop.create_server(protocol, self._host, self._port, backlog=BACKLOG,
-                                                reuse_address=True)
+                                                reuse_address=True, reuse_port=self._reuse_port)
 
 
-async def start(app: web.Application, host: str, port: int, grace_s: float) -> tuple[web.AppRunner, int]:
+async def start(app: web.Application, host: str, port: int, grace_s: float,
+                reuse_port: bool = False) -> tuple[web.AppRunner, int]:
     """Serve APP on HOST:PORT (0 picks a free port); returns the runner and the bound port."""
     rs = app[STATE].settings.router
     check_connection_settings(rs)
     # handler_cancellation: a client that goes away cancels its handler, which closes the upstream.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=grace_s)
     await runner.setup()
-    site = GuardedSite(runner, host, port, rs)
+    site = GuardedSite(runner, host, port, rs, reuse_port)
     try:
         await site.start()
     except BaseException:
@@ -74,7 +77,7 @@ def check_connection_settings(rs: RouterSettings) -> None:
 
 
 async def serve_forever(app: web.Application, host: str, port: int, grace_s: float,
-                        ready: Callable[[int], None] | None = None) -> None:
+                        ready: Callable[[int], None] | None = None, reuse_port: bool = False) -> None:
     """Serve until SIGTERM or SIGINT, then let in-flight requests finish for up to GRACE_S seconds.
 
     For a process of its own (the CLI): it tunes the process's garbage collector (see tune_gc).
@@ -83,7 +86,7 @@ async def serve_forever(app: web.Application, host: str, port: int, grace_s: flo
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner, bound = await start(app, host, port, grace_s)
+    runner, bound = await start(app, host, port, grace_s, reuse_port)
     tune_gc()  # after start-up: the first snapshot (every key) and the ledger's totals are loaded
     if ready is not None:
         ready(bound)
@@ -123,12 +126,12 @@ def tune_gc() -> None:
 
 
 def run(app: web.Application, host: str, port: int, grace_s: float,
-        ready: Callable[[int], None] | None = None) -> None:
+        ready: Callable[[int], None] | None = None, reuse_port: bool = False) -> None:
     """Run the router in the foreground, on uvloop when it is installed."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve_forever(app, host, port, grace_s, ready))
+        asyncio.run(serve_forever(app, host, port, grace_s, ready, reuse_port))
         return
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve_forever(app, host, port, grace_s, ready))
+        runner.run(serve_forever(app, host, port, grace_s, ready, reuse_port))

@@ -67,6 +67,8 @@ class RouterSettings:
     redis_fail_open: bool = False
     # A stopping router answers /health with 503 for stop_delay_s before it stops accepting.
     stop_delay_s: float = 0.0
+    # Worker processes serving one host:port (SO_REUSEPORT); more than 1 needs shared mode or no accounting.
+    workers: int = 1
 
 
 @dataclass(frozen=True)

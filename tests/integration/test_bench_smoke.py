@@ -37,3 +37,14 @@ def test_smoke_run_writes_a_table_with_every_target(tmp_path: Path) -> None:
     errors = row(text, "errors (all phases)")[1:1 + targets]
     assert errors == ["0.00"] * targets, errors
     assert "| router CPU per chat request vs floor" in text
+
+
+def test_workers_bench_runs_and_every_router_answers(pg_url: str, redis_url: str) -> None:
+    # pg_url only proves the server is there (the bench makes a database of its own)
+    done = subprocess.run([sys.executable, "-m", "bench.workers", "--seconds", "1", "--rounds", "1",
+                           "--connections", "8", "--redis", redis_url],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith(("shared", "--no-accounting"))]
+    assert len(rows) == 4, done.stdout
+    assert all(r[-2] == "0" for r in rows), done.stdout  # no errors at any router
