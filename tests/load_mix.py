@@ -18,6 +18,7 @@ from typing import Any, Awaitable, Callable
 import aiohttp
 
 DONE = b"data: [DONE]\n\n"
+LARGE_BYTES = 100 * 1024  # a request body above the 64 KiB buffer of the documented haproxy.cfg
 
 
 def fake_text(tokens: int) -> str:
@@ -43,6 +44,7 @@ class Mix:
     tokens: int  # the chat backend's chunks: the words of every chat answer and stream
     chat_clients: int = 2
     embed_clients: int = 2
+    large_clients: int = 1  # embeddings of LARGE_BYTES: more than HAProxy can hold to retry
     stream_clients: int = 6
     stream_s: float = 0.0  # how long a stream takes: stream clients start this far apart in all
     pause_s: float = 0.05  # between two requests of a chat or embeddings client
@@ -80,8 +82,9 @@ class Load:
             mix = self._mix
             kinds = [("chat", self._chat, mix.pause_s)] * mix.chat_clients
             kinds += [("embeddings", self._embeddings, mix.pause_s)] * mix.embed_clients
+            kinds += [("large", self._large, mix.pause_s)] * mix.large_clients
             kinds += [("stream", self._stream, 0.0)] * mix.stream_clients
-            stagger = [0.0] * (mix.chat_clients + mix.embed_clients)
+            stagger = [0.0] * (mix.chat_clients + mix.embed_clients + mix.large_clients)
             # streams that start together end together: spread them so some are always mid-way
             stagger += [i * mix.stream_s / mix.stream_clients for i in range(mix.stream_clients)]
             await asyncio.gather(*(self._client(session, *kind, delay) for kind, delay in zip(kinds, stagger)))
@@ -116,7 +119,13 @@ class Load:
         return None if content == fake_text(self._mix.tokens) else f"partial answer {content!r}"
 
     async def _embeddings(self, session: aiohttp.ClientSession) -> str | None:
-        body = {"model": self._mix.embed_model, "input": ["one two", "three four five"]}
+        return await self._embed(session, ["one two", "three four five"])
+
+    async def _large(self, session: aiohttp.ClientSession) -> str | None:
+        return await self._embed(session, ["word " * (LARGE_BYTES // 10)] * 2)
+
+    async def _embed(self, session: aiohttp.ClientSession, texts: list[str]) -> str | None:
+        body = {"model": self._mix.embed_model, "input": texts}
         async with session.post(self._url + "/v1/embeddings", json=body) as reply:
             data = await reply.read()
         if reply.status != 200:
