@@ -61,6 +61,22 @@ def server_names() -> list[str]:
     return re.findall(r"^\s*server\s+(\S+)", documented_config(), re.M)
 
 
+def _seconds(value: str) -> float:
+    """An HAProxy time ("1s", "500ms", "3600s"; a bare number is milliseconds) in seconds."""
+    number, unit = re.fullmatch(r"(\d+)(ms|s|m|h)?", value).groups()  # type: ignore[union-attr]
+    return int(number) * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit or "ms"]
+
+
+def documented_timeouts() -> dict[str, float]:
+    """The documented `timeout NAME VALUE` lines, and the checks' inter and fall: name -> seconds (fall: count)."""
+    config = documented_config()
+    found = {name: _seconds(value) for name, value in re.findall(r"^\s*timeout\s+(\S+)\s+(\S+)", config, re.M)}
+    check = re.search(r"^\s*default-server\s.*\binter\s+(\S+).*\bfall\s+(\d+)", config, re.M)
+    assert check is not None, "the documented servers are health-checked with inter and fall"
+    found.update(inter=_seconds(check.group(1)), fall=float(check.group(2)))
+    return found
+
+
 class HAProxy:
     """haproxy in the foreground on a private config, pid file and runtime API socket."""
 
@@ -87,6 +103,8 @@ class HAProxy:
                 data += chunk
         lines = data.decode().splitlines()
         header = lines[0].lstrip("# ").split(",")
+        # the admin guide's `up` reads the status as field 18 (awk counts from 1)
+        assert header[17] == "status", header
         rows = (dict(zip(header, line.split(","))) for line in lines[1:] if line)
         return {row["svname"]: row for row in rows if row["pxname"] == "routers"}
 
