@@ -89,8 +89,10 @@ class HAProxy:
         self.url = f"http://127.0.0.1:{listen_port}"
         checked = subprocess.run(["haproxy", "-c", "-q", "-f", str(self.config)], capture_output=True, text=True)
         assert checked.returncode == 0, checked.stdout + checked.stderr
-        self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(self.config), "-p", str(folder / "haproxy.pid")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.log = folder / "haproxy.log"  # in the foreground it prints its alerts (servers up and down) here
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(self.config), "-p", str(folder / "haproxy.pid")],
+                                         stdout=subprocess.DEVNULL, stderr=log)
 
     def stat(self) -> dict[str, dict[str, str]]:
         """`show stat` of the runtime API: server name -> its columns, for the `routers` backend."""
@@ -119,7 +121,7 @@ class HAProxy:
         """Seconds until SERVER's status is WANTED; fails after TIMEOUT_S."""
         start = time.monotonic()
         while (status := self.status(server)) != wanted:
-            assert self.proc.poll() is None, f"haproxy exited: {self.proc.stderr.read() if self.proc.stderr else ''}"
+            assert self.proc.poll() is None, f"haproxy exited: {self.log.read_text()}"
             assert time.monotonic() - start < timeout_s, f"{server} is {status} in HAProxy, not {wanted}"
             time.sleep(0.05)
         return time.monotonic() - start
