@@ -212,8 +212,8 @@ def test_a_rolling_restart_behind_haproxy_fails_no_request(
     for name, row in figures.items():
         print(f"  {name}: down in HAProxy {row['down_s']:.2f} s after SIGTERM, exited after {row['exit_s']:.2f} s, "
               f"up {row['up_s']:.2f} s after its restart; {row['in_flight']:.0f} requests in flight at SIGTERM "
-              f"finished ({row['after_close']:.0f} after the listener closed), {row['while_stopping']:.0f} more "
-              f"served while stopping; {served[name]} served after the restart")
+              f"finished, {row['while_stopping']:.0f} more served while stopping, {row['after_close']:.0f} of "
+              f"these finished after the listener closed; {served[name]} served after the restart")
     assert tally.failures == [], "\n".join(tally.failures[:20])
     assert all(tally.done[kind] > 0 for kind in ("chat", "embeddings", "large", "stream")), tally.done
     assert all(row["in_flight"] > 0 for row in figures.values()), "no request spanned a SIGTERM"
