@@ -23,6 +23,7 @@ from launcher.cli import main
 from launcher.slurm.render import JobSecrets, JobSpec, render_script
 from launcher.core.settings import ClusterSettings, EngineEnv, KeyLimits, RouterSettings, load_settings
 from launcher.core.settings import settings_from_dict
+from tests.haproxy import documented_router_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
@@ -333,7 +334,9 @@ def test_systemd_units_start_commands_that_exist(monkeypatch: pytest.MonkeyPatch
                 started.add(parse(tuple(argv[1:]), env, monkeypatch))
         assert env.get("LLM_LAUNCH_CONFIG"), "a unit must name its settings file"
         stop = int(unit["TimeoutStopSec"][0])
-        assert stop > RouterSettings().grace_period_s, "systemd would kill the router mid-drain"
+        # a router behind a load balancer first waits stop_delay_s, then drains
+        drain = RouterSettings().grace_period_s + float(documented_router_settings()["stop_delay_s"])  # type: ignore[arg-type]
+        assert stop > drain, "systemd would kill the router mid-drain"
     assert {("router",), ("supervise",), ("db", "upgrade")} <= started
 
 
