@@ -98,10 +98,11 @@ def pg_database(server: str) -> Iterator[str]:
         admin.dispose()
 
 
-def registry(url: str, backend: str, limits: KeyLimits) -> str:
+def registry(url: str, backend: str, limits: KeyLimits, model: str = "fake-chat") -> str:
+    """BACKEND registered as MODEL, and a key with LIMITS; returns the key."""
     engine = open_engine(url)
     with session_factory(engine)() as session:
-        add_backend(session, "fake-chat", backend)
+        add_backend(session, model, backend)
         key, _ = create_key(session, "bench", limits=limits)
     engine.dispose()
     return key
@@ -170,7 +171,7 @@ def exactness(stack: Stack, pg: str, redis_url: str) -> None:
 
 
 def _allowed(name: str, limits: KeyLimits) -> int:
-    value = getattr(limits, name)
+    value = int(getattr(limits, name))
     return value if name in ("rpm", "max_parallel") else value // RESERVE
 
 

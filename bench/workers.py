@@ -27,10 +27,7 @@ import redis
 
 from bench.load import WrkResult, run_wrk, wrk_available, write_wrk_files
 from bench.quick_router_cost import BODY, cpu_ns, free_port, wait_ready
-from bench.shared_limits import EVERY_LIMIT, Stack, pg_database
-from launcher.core.db import open_engine, session_factory
-from launcher.core.deployments import add_backend
-from launcher.core.keys import create_key
+from bench.shared_limits import EVERY_LIMIT, Stack, pg_database, registry
 
 CHAT = BODY.replace(b"fake-chat", b"bench-chat")  # the model bench/fast_backend.py lists
 REDIS_DB = 13
@@ -63,16 +60,6 @@ def tree_cpu_ns(pid: int) -> int:
         except FileNotFoundError:
             pass  # a process that ended between listing and reading
     return total
-
-
-def registry(url: str, backend: str) -> str:
-    """The fast backend as `bench-chat`, and a key with every limit set; returns the key."""
-    engine = open_engine(url)
-    with session_factory(engine)() as session:
-        add_backend(session, "bench-chat", backend)
-        key, _ = create_key(session, "bench", limits=EVERY_LIMIT)
-    engine.dispose()
-    return key
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -124,7 +111,7 @@ def compare(stack: Stack, pg: str, redis_url: str, args: argparse.Namespace) -> 
     port = free_port()
     stack.spawn(sys.executable, "-m", "bench.fast_backend", "--port", str(port))
     wait_ready(f"http://127.0.0.1:{port}/health")
-    key = registry(pg, f"http://127.0.0.1:{port}")
+    key = registry(pg, f"http://127.0.0.1:{port}", EVERY_LIMIT, model="bench-chat")
     work = stack.tmp
     write_wrk_files(work, {"chat": CHAT})
     cores = tuple(sorted(os.sched_getaffinity(0)))
