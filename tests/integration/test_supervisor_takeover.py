@@ -106,7 +106,7 @@ def test_leader_killed_during_sbatch_one_successor_and_no_duplicate_job(
         time.sleep(2 * SBATCH_DELAY_S)  # anything still being submitted has reached Slurm now
         ours = {job_id: job for job_id, job in slurm.jobs().items() if _ours(job) and not job.finished}
         # One job per wanted replica, each recorded, each carrying its own row's mark
-        assert sorted(ours) == sorted(r.job_id for r in rows), "a duplicate or unrecorded job"
+        assert sorted(ours) == sorted(r.job_id or "" for r in rows), "a duplicate or unrecorded job"
         assert {ours[r.job_id or ""].comment for r in rows} == {job_mark(r.id, r.secret or "") for r in rows}
         adopted = [line for _, line in follower.lines if "adopted job" in line]
         print(f"\ntakeover {took_over - killed:.1f} s after SIGKILL; adopted: {adopted}")
