@@ -26,7 +26,7 @@ from launcher.core.deployments import forget_intent, record_submitted, set_job_i
 from launcher.control.orphans import job_mark, mark_script
 from launcher.slurm.render import DRAIN_SIGNAL, JobSecrets, JobSpec, render_script
 from launcher.core.settings import ClusterSettings
-from launcher.slurm.client import SlurmClient
+from launcher.slurm.client import SlurmClient, SlurmNoAnswer
 
 Progress = Callable[[str], None]
 
@@ -69,7 +69,7 @@ def submit_deployment(
         session.rollback()
         # sbatch that said no submitted nothing; one that timed out may have: keep that intent
         # for a supervisor to adopt its job or drop it (launcher.control.orphans)
-        if "gave no answer" not in str(exc):
+        if not isinstance(exc, SlurmNoAnswer):
             forget_intent(session, intent.id)
         raise
     try:

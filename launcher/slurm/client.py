@@ -16,6 +16,7 @@ from launcher.slurm.parse import (
     JobInfo,
     NodeInfo,
     SlurmError,
+    SlurmNoAnswer,
     SlurmReportedError,
     one_line,
     parse_sbatch_output,
@@ -25,7 +26,7 @@ from launcher.slurm.parse import (
 )
 
 __all__ = [
-    "JobInfo", "NodeInfo", "SlurmClient", "SlurmError", "parse_sbatch_output",
+    "JobInfo", "NodeInfo", "SlurmClient", "SlurmError", "SlurmNoAnswer", "parse_sbatch_output",
     "parse_scontrol_show_job_line", "parse_sinfo_json", "parse_squeue_json",
 ]
 
@@ -61,7 +62,7 @@ class SlurmClient:
             raise SlurmError(f"{argv[0]} not found: Slurm's client tools are not installed "
                              "(apt-get install slurm-client, or scripts/local-slurm start)") from None
         except subprocess.TimeoutExpired:
-            raise SlurmError(f"Slurm is not reachable: {argv[0]} gave no answer within "
+            raise SlurmNoAnswer(f"Slurm is not reachable: {argv[0]} gave no answer within "
                              f"{self.timeout_s:g} s ({_HINT})") from None
         if done.returncode != 0:
             raise _failure(argv, done.returncode, done.stderr or done.stdout)

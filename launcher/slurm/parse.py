@@ -28,6 +28,10 @@ class SlurmError(Exception):
     """One-line, actionable message about a failed Slurm command."""
 
 
+class SlurmNoAnswer(SlurmError):
+    """A Slurm command timed out: what it asked for may have happened (an sbatch may have submitted)."""
+
+
 class SlurmReportedError(SlurmError):
     """An error Slurm put into its JSON output (it still exits 0), e.g. when slurmctld is down."""
 

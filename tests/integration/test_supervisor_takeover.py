@@ -1,5 +1,6 @@
 """Two `llm-launch supervise` processes on one PostgreSQL registry and the local Slurm: the leader
-is SIGKILLed while its sbatch is running; the other takes over and no job is submitted twice."""
+is SIGKILLed while its sbatch is running; the other takes over and no job is submitted twice.
+And the intent written before sbatch: kept when sbatch gave no answer, gone when it said no."""
 
 from __future__ import annotations
 
@@ -14,11 +15,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from launcher.control.deploy import submit_deployment
 from launcher.control.orphans import job_mark
+from launcher.control.supervisor import Supervisor
+from launcher.core.catalog import catalog_from_dict
 from launcher.core.db import open_engine, session_factory, utcnow
 from launcher.core.schema import Deployment, ModelTarget
-from launcher.slurm.client import JobInfo
-from tests.integration.slurm_fixtures import SlurmCluster, slurm_cluster  # noqa: F401
+from launcher.core.settings import ClusterSettings, Settings
+from launcher.slurm.client import JobInfo, SlurmClient, SlurmError, SlurmNoAnswer
+from tests.integration.slurm_fixtures import SMALL_JOBS, SlurmCluster, slurm_cluster  # noqa: F401
 from tests.shared_services import pg_url  # noqa: F401
 from tests.waiting import wait_for
 
@@ -104,7 +109,9 @@ def test_leader_killed_during_sbatch_one_successor_and_no_duplicate_job(
 
         rows = wait_for(settled, 60, f"{REPLICAS} recorded jobs", poll_s=0.5)
         time.sleep(2 * SBATCH_DELAY_S)  # anything still being submitted has reached Slurm now
-        ours = {job_id: job for job_id, job in slurm.jobs().items() if _ours(job) and not job.finished}
+        with session_factory(engine)() as s:  # every row's mark, gone ones too: this registry's jobs only
+            marks = {job_mark(r.id, r.secret or "") for r in s.scalars(select(Deployment))}
+        ours = {job_id: job for job_id, job in slurm.jobs().items() if job.comment in marks and not job.finished}
         # One job per wanted replica, each recorded, each carrying its own row's mark
         assert sorted(ours) == sorted(r.job_id or "" for r in rows), "a duplicate or unrecorded job"
         assert {ours[r.job_id or ""].comment for r in rows} == {job_mark(r.id, r.secret or "") for r in rows}
@@ -113,6 +120,54 @@ def test_leader_killed_during_sbatch_one_successor_and_no_duplicate_job(
     finally:
         for process in processes:
             process.stop()
+        time.sleep(SBATCH_DELAY_S + 1)  # an sbatch its killed leader left running submits meanwhile
+        for job_id, job in slurm.jobs().items():
+            if _ours(job):
+                slurm.cancel(job_id)
+        engine.dispose()
+
+
+@pytest.mark.slurm
+def test_an_sbatch_that_times_out_keeps_its_intent_and_the_job_is_adopted_but_a_refused_one_leaves_no_row(
+        slurm_cluster: SlurmCluster, tmp_path: Path) -> None:  # noqa: F811
+    """sbatch that gave no answer may still have submitted: its row stays, and the job it made is
+    adopted on the next pass; sbatch that said no submitted nothing: no row is left behind."""
+    env = _environment(slurm_cluster, tmp_path)
+    engine = open_engine(f"sqlite:///{tmp_path / 'registry.db'}")
+    catalog = catalog_from_dict({"models": {"takeover": {"engine": "command", "weights": "none",
+                                                           "command": ["sleep", "600"]}}}, "catalog.toml", {})
+    settings = Settings(cluster=ClusterSettings(log_dir=str(tmp_path / "logs"), **SMALL_JOBS))
+    # An sbatch that submits, then hangs past the client's timeout: the answer is lost, the job is not
+    late = tmp_path / "late-bin"
+    late.mkdir()
+    real = shutil.which("sbatch", path=slurm_cluster.env.get("PATH"))
+    (late / "sbatch").write_text(f'#!/bin/sh\n{real} "$@"\nsleep 5\n')
+    (late / "sbatch").chmod(0o755)
+    impatient = SlurmClient(timeout_s=2.0, env={**env, "PATH": f"{late}:{env['PATH']}"})
+    with session_factory(engine)() as s:
+        with pytest.raises(SlurmNoAnswer):
+            submit_deployment(s, impatient, catalog.entry("takeover"), settings.cluster, now=utcnow())
+    with session_factory(engine)() as s:
+        kept = s.scalars(select(Deployment)).one()
+    assert (kept.state, kept.job_id) == ("pending", None)
+    slurm = slurm_cluster.client()
+    try:
+        Supervisor(engine, slurm, catalog, settings).run_once()
+        with session_factory(engine)() as s:
+            adopted = s.scalars(select(Deployment)).one()
+        assert adopted.id == kept.id and adopted.job_id
+        assert [j for j, job in slurm.jobs().items() if _ours(job) and not job.finished] == [adopted.job_id]
+
+        refusing = SlurmClient(env={**env, "PATH": f"{tmp_path / 'no-bin'}:{env['PATH']}"})
+        (tmp_path / "no-bin").mkdir()
+        (tmp_path / "no-bin" / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: Invalid account' >&2\nexit 1\n")
+        (tmp_path / "no-bin" / "sbatch").chmod(0o755)
+        with session_factory(engine)() as s:
+            with pytest.raises(SlurmError):
+                submit_deployment(s, refusing, catalog.entry("takeover"), settings.cluster, now=utcnow())
+        with session_factory(engine)() as s:
+            assert [r.id for r in s.scalars(select(Deployment))] == [kept.id]
+    finally:
         for job_id, job in slurm.jobs().items():
             if _ours(job):
                 slurm.cancel(job_id)
