@@ -28,24 +28,17 @@ from typing import Any
 import pytest
 import requests
 
-from launcher.core.db import open_engine
 from launcher.core.settings import RouterSettings
 from tests.conftest import SECRET, Registry
 from tests.fake_backend import FakeBackend
 from tests.haproxy import HAProxy, documented_router_settings, documented_timeouts, server_names
 from tests.load_mix import Load, Mix
+from tests.integration.test_shared_limits import registry  # noqa: F401 (a PostgreSQL registry)
 
 pytestmark = pytest.mark.timeout(300)
 
 TOKENS, CHUNK_MS = 40, 200  # a stream takes 8 s: longer than stop_delay_s
 STREAM_S = TOKENS * CHUNK_MS / 1000
-
-
-@pytest.fixture
-def registry(pg_url: str) -> Iterator[Registry]:
-    engine = open_engine(pg_url)
-    yield Registry(pg_url, engine)
-    engine.dispose()
 
 
 def free_port() -> int:

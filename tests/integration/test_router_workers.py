@@ -23,23 +23,16 @@ import aiohttp
 import pytest
 import requests
 
-from launcher.core.db import open_engine
 from launcher.core.settings import KeyLimits
 from tests.conftest import Registry
 from tests.fake_backend import FakeBackend
 from tests.integration.test_router_cli import RouterProcess, _command
+from tests.integration.test_shared_limits import registry  # noqa: F401 (a PostgreSQL registry)
 
 pytestmark = pytest.mark.timeout(180)
 
 CHAT: dict[str, Any] = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
 SERVING = r"router worker (\d) serving \(pid (\d+)\)"
-
-
-@pytest.fixture
-def registry(pg_url: str) -> Iterator[Registry]:
-    engine = open_engine(pg_url)
-    yield Registry(pg_url, engine)
-    engine.dispose()
 
 
 @pytest.fixture

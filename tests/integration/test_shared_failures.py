@@ -8,31 +8,24 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import requests
 from sqlalchemy import func, select
 
-from launcher.core.db import open_engine
 from launcher.core.schema import UsageDaily
 from launcher.core.settings import KeyLimits
 from router.accounting.shared import LEASE_S
 from tests.conftest import SECRET, Registry, RouterHandle
 from tests.fake_backend import FakeBackend
-from tests.integration.test_shared_limits import CHAT, RESERVE, burst, me, routers, shared_router_process
+from tests.integration.test_shared_limits import (  # noqa: F401 (registry: a fixture)
+    CHAT, RESERVE, burst, me, registry, routers, shared_router_process)
 from tests.shared_services import PrivateRedis
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def registry(pg_url: str) -> Iterator[Registry]:
-    engine = open_engine(pg_url)
-    yield Registry(pg_url, engine)
-    engine.dispose()
 
 
 @pytest.fixture
